@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for ssal: a virtual environment in .venv with PyTorch, ssal and its
+# test tools, and Debian's Fashion-MNIST where apt is available. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ -z "${TORCH_SPEC:-}" ]; then
+  case "$(uname -m)" in
+    aarch64|arm64) TORCH_SPEC="torch==2.9.1 torchvision==0.24.1" ;;
+    *) TORCH_SPEC="torch==2.14.1 torchvision==0.29.1" ;;
+  esac
+fi
+
+stamp="$VENV/.ssal-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check $TORCH_SPEC
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi
+
+fmnist=/usr/share/datasets/fashion-mnist
+if [ ! -f "$fmnist/t10k-labels-idx1-ubyte.gz" ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if { $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+       { $SUDO apt-get update -qq >/dev/null 2>&1 &&
+         $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }; }; then
+    echo "installed Debian's dataset-fashion-mnist into $fmnist"
+  else
+    echo "note: could not install dataset-fashion-mnist; put the four Fashion-MNIST" \
+         "*-ubyte.gz files in $fmnist or pass --data-dir" >&2
+  fi
+fi

@@ -1,0 +1,318 @@
+"""Groupings: coarse labels derived from the classifier's own confusions.
+
+A grouping is an int array ``g`` of length C with ``g[c]`` in ``0..G-1`` and no empty group.
+``group_classes`` runs the paper's greedy algorithm on a confusion matrix; ``Grouping`` holds
+one grouping with its name and mode; ``save_groupings``/``load_groupings`` read and write the
+plain JSON file that carries them between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "CIFAR100_CLASSES",
+    "CIFAR100_SUPERCLASSES",
+    "Grouping",
+    "check_assignment",
+    "cifar100_superclasses",
+    "group_classes",
+    "load_groupings",
+    "save_groupings",
+]
+
+Mode = Literal["similar", "split"]
+FILE_FORMAT = "ssal-groupings"
+FILE_VERSION = 1
+
+
+def _distance_matrix(confusion: np.ndarray, mode: str) -> np.ndarray:
+    """Pairwise class distances from a confusion matrix, as the authors define them."""
+    s = confusion.astype(np.float64, copy=True)
+    np.fill_diagonal(s, 0.0)
+    s = (s + s.T) / 2.0
+    if mode == "similar":
+        d = s.max() - s
+        np.fill_diagonal(d, 0.0)
+        return d
+    return s
+
+
+def _pick(values: np.ndarray, candidates: np.ndarray, best: str, rng: np.random.Generator) -> int:
+    """Index in ``candidates`` whose value is the max/min, ties broken at random (seeded)."""
+    v = values[candidates]
+    target = v.max() if best == "max" else v.min()
+    tied = candidates[np.isclose(v, target, rtol=1e-12, atol=1e-12)]
+    return int(tied[0] if len(tied) == 1 else rng.choice(tied))
+
+
+def group_classes(
+    confusion: np.ndarray | Sequence[Sequence[float]],
+    num_groups: int,
+    mode: Mode = "similar",
+    size_margin: float = 1.1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Partition C classes into ``num_groups`` groups from a (C, C) confusion matrix.
+
+    ``mode="similar"`` puts classes the classifier confuses into the same group; ``"split"``
+    puts them into different groups. No group holds more than ``ceil(size_margin * C / G)``
+    classes. Same inputs and seed give the same grouping. Returns an int64 array of length C.
+    """
+    m = np.asarray(confusion, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ValueError("confusion matrix contains NaN or infinite values")
+    if np.any(m < 0):
+        raise ValueError("confusion matrix contains negative values")
+    if mode not in ("similar", "split"):
+        raise ValueError(f"mode must be 'similar' or 'split', got {mode!r}")
+    c = m.shape[0]
+    if not 1 <= num_groups <= c:
+        raise ValueError(
+            f"number of groups must be between 1 and the {c} classes, got {num_groups}"
+        )
+    if size_margin < 1.0:
+        raise ValueError(f"size_margin must be >= 1.0 so that all classes fit, got {size_margin}")
+
+    rng = np.random.default_rng(seed)
+    d = _distance_matrix(m, mode)
+    capacity = size_margin * c / num_groups
+    assignment = np.full(c, -1, dtype=np.int64)
+    sums = np.zeros((c, num_groups))  # sums[k, g] = total distance of class k to group g
+    counts = np.zeros(num_groups)
+
+    def assign(k: int, g: int) -> None:
+        assignment[k] = g
+        sums[:, g] += d[:, k]
+        counts[g] += 1
+
+    assign(_pick(d.sum(axis=1), np.arange(c), "min", rng), 0)
+    for g in range(1, num_groups):
+        free = np.flatnonzero(assignment < 0)
+        nearest = (sums[free, :g] / counts[:g]).min(axis=1)
+        values = np.full(c, -np.inf)
+        values[free] = nearest
+        assign(_pick(values, free, "max", rng), g)
+
+    while np.any(assignment < 0):
+        free = np.flatnonzero(assignment < 0)
+        mean = sums[free] / counts
+        values = np.full(c, np.inf)
+        values[free] = mean.min(axis=1)
+        k = _pick(values, free, "min", rng)
+        row = sums[k] / counts
+        row[counts >= capacity] = np.inf
+        assign(k, _pick(row, np.flatnonzero(np.isfinite(row)), "min", rng))
+    return assignment
+
+
+def check_assignment(
+    assignment: np.ndarray | Sequence[int],
+    num_classes: int | None = None,
+    num_groups: int | None = None,
+    what: str = "grouping",
+) -> np.ndarray:
+    """Validate a grouping array and return it as int64; ``ValueError`` says what is wrong."""
+    a = np.asarray(assignment)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{what}: assignment must be a non-empty list of group indices")
+    if a.dtype.kind not in "iu" and (
+        a.dtype.kind not in "f" or not np.all(np.isfinite(a)) or np.any(a != np.round(a))
+    ):
+        raise ValueError(f"{what}: assignment must hold integer group indices")
+    a = a.astype(np.int64)
+    if num_classes is not None and len(a) != num_classes:
+        raise ValueError(f"{what}: has {len(a)} classes but the model has {num_classes}")
+    g = int(a.max()) + 1 if num_groups is None else num_groups
+    if a.min() < 0 or a.max() >= g:
+        raise ValueError(
+            f"{what}: group indices must lie in 0..{g - 1}, found {a.min()}..{a.max()}"
+        )
+    empty = np.setdiff1d(np.arange(g), a)
+    if len(empty):
+        raise ValueError(
+            f"{what}: groups {empty.tolist()[:10]} are empty; every group needs a class"
+        )
+    return a
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """One partition of the classes: ``assignment[c]`` is the group of class ``c``."""
+
+    assignment: np.ndarray
+    name: str = ""
+    mode: str = "given"
+    num_groups: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        a = check_assignment(
+            self.assignment, num_groups=self.num_groups or None, what=f"grouping {self.name!r}"
+        )
+        object.__setattr__(self, "assignment", a)
+        object.__setattr__(self, "num_groups", self.num_groups or int(a.max()) + 1)
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.mode}-{self.num_groups}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.assignment)
+
+    def members(self, group: int) -> list[int]:
+        """Classes in ``group``."""
+        return np.flatnonzero(self.assignment == group).tolist()
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "num_groups": self.num_groups,
+            "assignment": self.assignment.tolist(),
+        }
+
+    @classmethod
+    def from_confusion(
+        cls,
+        confusion: np.ndarray,
+        num_groups: int,
+        mode: Mode = "similar",
+        size_margin: float = 1.1,
+        seed: int = 0,
+    ) -> Grouping:
+        """Run ``group_classes`` and name the result ``"{mode}-{num_groups}"``."""
+        a = group_classes(confusion, num_groups, mode=mode, size_margin=size_margin, seed=seed)
+        return cls(a, name=f"{mode}-{num_groups}", mode=mode, num_groups=num_groups)
+
+
+def as_grouping(g: Grouping | np.ndarray | Sequence[int]) -> Grouping:
+    """Accept a ``Grouping`` or a plain assignment array."""
+    return g if isinstance(g, Grouping) else Grouping(np.asarray(g))
+
+
+def save_groupings(
+    path: str | Path,
+    groupings: Sequence[Grouping],
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write groupings (and class names when known) to a JSON file; return its path."""
+    groupings = [as_grouping(g) for g in groupings]
+    if not groupings:
+        raise ValueError("no groupings to save")
+    c = groupings[0].num_classes
+    for g in groupings:
+        check_assignment(g.assignment, num_classes=c, num_groups=g.num_groups, what=g.name)
+    if class_names is not None and len(class_names) != c:
+        raise ValueError(f"{len(class_names)} class names given for {c} classes")
+    doc = {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "num_classes": c,
+        "class_names": list(class_names) if class_names is not None else None,
+        "groupings": [g.to_dict() for g in groupings],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_groupings(
+    path: str | Path, num_classes: int | None = None
+) -> tuple[list[Grouping], list[str] | None]:
+    """Read a groupings file; check every grouping against ``num_classes`` when given.
+
+    Returns ``(groupings, class_names)``; raises ``FileNotFoundError`` or ``ValueError`` with a
+    message naming the file and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"groupings file not found: {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON groupings file ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("groupings"), list):
+        raise ValueError(f"{path}: expected an object with a 'groupings' list")
+    c = doc.get("num_classes", num_classes)
+    if num_classes is not None and c != num_classes:
+        raise ValueError(f"{path}: written for {c} classes but the model has {num_classes}")
+    names = doc.get("class_names")
+    if names is not None and c is not None and len(names) != c:
+        raise ValueError(f"{path}: {len(names)} class names for {c} classes")
+    out = []
+    for i, entry in enumerate(doc["groupings"]):
+        if not isinstance(entry, dict) or "assignment" not in entry:
+            raise ValueError(f"{path}: grouping {i} has no 'assignment'")
+        label = f"{path}: grouping {entry.get('name', i)!r}"
+        a = check_assignment(entry["assignment"], c, entry.get("num_groups"), what=label)
+        out.append(
+            Grouping(
+                a,
+                name=str(entry.get("name", "")),
+                mode=str(entry.get("mode", "given")),
+                num_groups=int(entry.get("num_groups") or a.max() + 1),
+            )
+        )
+    if not out:
+        raise ValueError(f"{path}: holds no groupings")
+    return out, names
+
+
+def _cifar100_tables() -> tuple[list[str], list[str], np.ndarray]:
+    supers = {
+        "aquatic_mammals": "beaver dolphin otter seal whale",
+        "fish": "aquarium_fish flatfish ray shark trout",
+        "flowers": "orchid poppy rose sunflower tulip",
+        "food_containers": "bottle bowl can cup plate",
+        "fruit_and_vegetables": "apple mushroom orange pear sweet_pepper",
+        "household_electrical_devices": "clock keyboard lamp telephone television",
+        "household_furniture": "bed chair couch table wardrobe",
+        "insects": "bee beetle butterfly caterpillar cockroach",
+        "large_carnivores": "bear leopard lion tiger wolf",
+        "large_man-made_outdoor_things": "bridge castle house road skyscraper",
+        "large_natural_outdoor_scenes": "cloud forest mountain plain sea",
+        "large_omnivores_and_herbivores": "camel cattle chimpanzee elephant kangaroo",
+        "medium_mammals": "fox porcupine possum raccoon skunk",
+        "non-insect_invertebrates": "crab lobster snail spider worm",
+        "people": "baby boy girl man woman",
+        "reptiles": "crocodile dinosaur lizard snake turtle",
+        "small_mammals": "hamster mouse rabbit shrew squirrel",
+        "trees": "maple_tree oak_tree palm_tree pine_tree willow_tree",
+        "vehicles_1": "bicycle bus motorcycle pickup_truck train",
+        "vehicles_2": "lawn_mower rocket streetcar tank tractor",
+    }
+    coarse = list(supers)
+    fine = sorted(name for members in supers.values() for name in members.split())
+    index = {name: i for i, name in enumerate(fine)}
+    a = np.empty(len(fine), dtype=np.int64)
+    for g, members in enumerate(supers.values()):
+        for name in members.split():
+            a[index[name]] = g
+    return fine, coarse, a
+
+
+CIFAR100_CLASSES, CIFAR100_SUPERCLASSES, _CIFAR100_COARSE = _cifar100_tables()
+
+
+def cifar100_superclasses() -> Grouping:
+    """CIFAR-100's 20 official superclasses as a grouping of its 100 fine labels."""
+    return Grouping(_CIFAR100_COARSE.copy(), name="cifar100-superclasses", mode="hierarchy")
+
+
+BUILTIN_HIERARCHIES = {"cifar100-superclasses": cifar100_superclasses}
+
+
+def capacity_bound(num_classes: int, num_groups: int, size_margin: float) -> int:
+    """The largest group ``group_classes`` can produce: ``ceil(size_margin * C / G)``."""
+    return math.ceil(size_margin * num_classes / num_groups)

@@ -1,0 +1,167 @@
+"""SSALModel: SSAL branches attached to any backbone by module name.
+
+The backbone is left untouched: forward hooks on the named modules hand their feature maps to
+the branches, so torchvision, timm or a user's own network work alike. One forward pass gives
+the fine logits and one logits tensor per branch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssal.grouping import Grouping, as_grouping
+from ssal.layouts import build_branch
+
+__all__ = ["BranchSpec", "SSALModel", "SSALOutput", "resolve_position"]
+
+INPUT_SUFFIX = ":input"
+
+
+class SSALOutput(NamedTuple):
+    """Fine logits ``(N, C)`` and one ``(N, G_i)`` logits tensor per branch."""
+
+    logits: torch.Tensor
+    branch_logits: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """Where a branch reads (a backbone module name), what it is (a layout), what it predicts.
+
+    ``position`` is the dotted name of a backbone module whose output the branch reads; append
+    ``":input"`` to read the module's input instead. ``in_channels`` is inferred when ``None``.
+    """
+
+    position: str
+    layout: str
+    grouping: Grouping | np.ndarray | Sequence[int]
+    in_channels: int | None = None
+
+
+def resolve_position(backbone: nn.Module, position: str) -> tuple[nn.Module, bool]:
+    """Module named by ``position`` and whether its input (not output) is meant."""
+    name, use_input = position, False
+    if name.endswith(INPUT_SUFFIX):
+        name, use_input = name[: -len(INPUT_SUFFIX)], True
+    names = [n for n, _ in backbone.named_modules() if n]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"backbone has no module named {name!r} for a branch position{hint}")
+    return backbone.get_submodule(name), use_input
+
+
+class SSALModel(nn.Module):
+    """A backbone with SSAL branches; ``forward`` returns ``SSALOutput``.
+
+    With no branches it returns exactly the backbone's logits. Parameters of the backbone and
+    of the branches live under ``backbone`` and ``branches`` so optimisers can treat them
+    apart (the paper's separate branch weight decay).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        branches: Sequence[BranchSpec] = (),
+        input_size: Sequence[int] = (3, 224, 224),
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = tuple(int(s) for s in input_size)
+        self.positions = [b.position for b in branches]
+        self.layouts = [b.layout for b in branches]
+        self.groupings = [as_grouping(b.grouping) for b in branches]
+        self._taps: list[torch.Tensor | None] = [None] * len(branches)
+        targets = [resolve_position(backbone, b.position) for b in branches]
+
+        channels = [b.in_channels for b in branches]
+        if any(c is None for c in channels):
+            shapes = self._probe_shapes(targets)
+            for i, shape in enumerate(shapes):
+                if len(shape) != 4:
+                    raise ValueError(
+                        f"branch at {self.positions[i]!r} sees a tensor of shape {tuple(shape)}; "
+                        "SSAL branches need (N, C, H, W) feature maps"
+                    )
+                channels[i] = channels[i] or shape[1]
+        self.branches = nn.ModuleList(
+            build_branch(b.layout, int(c), g.num_groups)
+            for b, c, g in zip(branches, channels, self.groupings, strict=True)
+        )
+        for i, g in enumerate(self.groupings):
+            self.register_buffer(f"group_index_{i}", torch.as_tensor(g.assignment), persistent=True)
+        self._handles = [
+            self._attach(i, module, use_input) for i, (module, use_input) in enumerate(targets)
+        ]
+
+    def _attach(self, i: int, module: nn.Module, use_input: bool) -> object:
+        if use_input:
+
+            def pre_hook(_module: nn.Module, args: tuple) -> None:
+                self._taps[i] = args[0]
+
+            return module.register_forward_pre_hook(pre_hook)
+
+        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            self._taps[i] = output
+
+        return module.register_forward_hook(hook)
+
+    @torch.no_grad()
+    def _probe_shapes(self, targets: list[tuple[nn.Module, bool]]) -> list[torch.Size]:
+        """Run the backbone once on a dummy input to read the feature-map shapes."""
+        shapes: list[torch.Size | None] = [None] * len(targets)
+        handles = []
+        for i, (module, use_input) in enumerate(targets):
+
+            def grab(*hook_args: object, i: int = i, use_input: bool = use_input) -> None:
+                t = hook_args[1][0] if use_input else hook_args[2]  # type: ignore[index]
+                shapes[i] = t.shape if isinstance(t, torch.Tensor) else torch.Size([])
+
+            hook = module.register_forward_pre_hook if use_input else module.register_forward_hook
+            handles.append(hook(grab))
+        param = next(self.backbone.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            self.backbone(torch.zeros(1, *self.input_size, device=device))
+        finally:
+            self.backbone.train(was_training)
+            for h in handles:
+                h.remove()
+        missing = [self.positions[i] for i, s in enumerate(shapes) if s is None]
+        if missing:
+            raise ValueError(f"branch positions {missing} are never called in the forward pass")
+        return shapes  # type: ignore[return-value]
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.branches)
+
+    @property
+    def group_indices(self) -> list[torch.Tensor]:
+        """Per branch, the ``(C,)`` long tensor mapping each class to its group."""
+        return [getattr(self, f"group_index_{i}") for i in range(self.num_branches)]
+
+    def forward(self, x: torch.Tensor) -> SSALOutput:
+        logits = self.backbone(x)
+        if not self.branches:
+            return SSALOutput(logits, ())
+        taps = list(self._taps)
+        for i in range(len(self._taps)):
+            self._taps[i] = None  # do not keep feature maps alive between calls
+        return SSALOutput(logits, tuple(b(t) for b, t in zip(self.branches, taps, strict=True)))
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts: ``backbone``, ``branches`` and ``total``."""
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        branches = sum(p.numel() for p in self.branches.parameters())
+        return {"backbone": backbone, "branches": branches, "total": backbone + branches}

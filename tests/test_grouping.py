@@ -1,0 +1,166 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ssal.grouping import (
+    CIFAR100_CLASSES,
+    Grouping,
+    capacity_bound,
+    cifar100_superclasses,
+    group_classes,
+    load_groupings,
+    save_groupings,
+)
+
+
+def planted(blocks: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix with heavy confusion inside blocks, light noise across them."""
+    rng = np.random.default_rng(seed)
+    c = blocks * size
+    block = np.repeat(np.arange(blocks), size)
+    perm = rng.permutation(c)  # hide the blocks behind a random class order
+    block = block[perm]
+    m = rng.uniform(0, 1, (c, c))
+    m[block[:, None] == block[None, :]] += (
+        20 + rng.uniform(0, 5, (c, c))[block[:, None] == block[None, :]]
+    )
+    np.fill_diagonal(m, 500)
+    return m, block
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return all(len(set(b[a == g])) == 1 for g in np.unique(a)) and len(np.unique(a)) == len(
+        np.unique(b)
+    )
+
+
+def test_hand_example_similar_and_split():
+    # classes 0-1 confuse each other, 2-3 confuse each other
+    m = np.array([[90, 9, 0, 1], [8, 90, 1, 1], [0, 1, 90, 9], [1, 0, 10, 89]], float)
+    assert same_partition(group_classes(m, 2, "similar"), np.array([0, 0, 1, 1]))
+    split = group_classes(m, 2, "split")
+    assert split[0] != split[1] and split[2] != split[3]
+    # seed: the class with the smallest row sum of D = max(S) - S is the most confused one
+    s = (m - np.diag(np.diag(m)) + (m - np.diag(np.diag(m))).T) / 2
+    most_confused = int(np.argmax(s.sum(1)))
+    assert group_classes(m, 2, "similar")[most_confused] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_similar_recovers_planted_blocks(seed):
+    m, block = planted(5, 6, seed)
+    assert same_partition(group_classes(m, 5, "similar", seed=seed), block)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_split_spreads_every_block(seed):
+    m, block = planted(4, 5, seed)
+    g = group_classes(m, 5, "split", seed=seed)
+    for b in range(4):
+        members = g[block == b]
+        assert len(set(members)) == len(members), f"block {b} has two classes in one group"
+
+
+@pytest.mark.parametrize(
+    "c,groups,margin",
+    [(100, 20, 1.1), (100, 33, 1.1), (100, 50, 1.1), (37, 5, 1.0), (60, 7, 1.3), (1000, 334, 1.1)],
+)
+def test_group_sizes_bounded_and_nonempty(c, groups, margin):
+    rng = np.random.default_rng(c + groups)
+    m = rng.gamma(0.3, 1.0, (c, c))
+    for mode in ("similar", "split"):
+        g = group_classes(m, groups, mode, size_margin=margin, seed=3)
+        sizes = np.bincount(g, minlength=groups)
+        assert len(g) == c and sizes.min() >= 1
+        assert sizes.max() <= math.ceil(margin * c / groups) == capacity_bound(c, groups, margin)
+
+
+def test_deterministic_and_ties_use_seed():
+    m = np.random.default_rng(0).uniform(size=(30, 30))
+    assert np.array_equal(group_classes(m, 6, seed=4), group_classes(m, 6, seed=4))
+    flat = np.ones((12, 12))  # everything ties: the seed decides
+    results = {tuple(group_classes(flat, 3, size_margin=1.0, seed=s)) for s in range(6)}
+    assert len(results) > 1
+    for r in results:
+        assert np.bincount(r).tolist() == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(confusion=np.ones((3, 4)), num_groups=2), "square"),
+        (dict(confusion=np.ones((3, 3)), num_groups=4), "between 1 and the 3"),
+        (dict(confusion=-np.ones((3, 3)), num_groups=2), "negative"),
+        (dict(confusion=np.full((3, 3), np.nan), num_groups=2), "NaN"),
+        (dict(confusion=np.ones((3, 3)), num_groups=2, mode="other"), "mode"),
+        (dict(confusion=np.ones((3, 3)), num_groups=2, size_margin=0.5), "size_margin"),
+    ],
+)
+def test_group_classes_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        group_classes(**kwargs)
+
+
+def test_file_round_trip(tmp_path):
+    gs = [
+        Grouping(np.array([0, 1, 0, 1]), name="a", mode="similar"),
+        Grouping(np.array([0, 1, 2, 2]), name="b", mode="split"),
+    ]
+    path = save_groupings(tmp_path / "g.json", gs, ["w", "x", "y", "z"])
+    loaded, names = load_groupings(path, num_classes=4)
+    assert names == ["w", "x", "y", "z"]
+    assert [g.name for g in loaded] == ["a", "b"] and [g.mode for g in loaded] == [
+        "similar",
+        "split",
+    ]
+    assert [g.num_groups for g in loaded] == [2, 3]
+    assert np.array_equal(loaded[1].assignment, [0, 1, 2, 2])
+    assert loaded[1].members(2) == [2, 3]
+
+
+def _write(tmp_path, doc) -> str:
+    p = tmp_path / "g.json"
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return p
+
+
+@pytest.mark.parametrize(
+    "doc,match",
+    [
+        (
+            {"num_classes": 4, "groupings": [{"assignment": [0, 1, 0]}]},
+            "has 3 classes but the model has 4",
+        ),
+        ({"num_classes": 3, "groupings": [{"assignment": [0, 1, 5], "num_groups": 3}]}, r"0\.\.2"),
+        (
+            {"num_classes": 3, "groupings": [{"assignment": [0, 2, 0], "num_groups": 3}]},
+            r"groups \[1\] are empty",
+        ),
+        ({"num_classes": 3, "groupings": []}, "no groupings"),
+        ({"groupings": [{"name": "x"}]}, "no 'assignment'"),
+        ("{not json", "not a JSON"),
+        ({"num_classes": 3, "class_names": ["a"], "groupings": []}, "1 class names for 3"),
+    ],
+)
+def test_load_errors(tmp_path, doc, match):
+    with pytest.raises(ValueError, match=match):
+        load_groupings(_write(tmp_path, doc))
+
+
+def test_load_checks_model_classes(tmp_path):
+    p = save_groupings(tmp_path / "g.json", [np.array([0, 1, 1])])
+    with pytest.raises(ValueError, match="written for 3 classes but the model has 10"):
+        load_groupings(p, num_classes=10)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_groupings(tmp_path / "missing.json")
+
+
+def test_cifar100_superclasses():
+    g = cifar100_superclasses()
+    assert g.num_classes == 100 and g.num_groups == 20
+    assert np.bincount(g.assignment).tolist() == [5] * 20
+    # the official coarse labels of the first fine classes (apple, aquarium_fish, baby, ...)
+    assert g.assignment[:10].tolist() == [4, 1, 14, 8, 0, 6, 7, 7, 18, 3]
+    assert CIFAR100_CLASSES[99] == "worm" and g.assignment[CIFAR100_CLASSES.index("tank")] == 19

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from torch import nn
+
+from ssal.layouts import Block, build_branch, parse_layout
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_parse_defaults_and_args():
+    blocks = parse_layout("cbr(128,5,2) cbr inception gap dense(768)")
+    assert blocks == [
+        Block("cbr", (128, 5, 2)),
+        Block("cbr"),
+        Block("inception"),
+        Block("gap"),
+        Block("dense", (768,)),
+    ]
+    assert str(blocks[0]) == "cbr(128,5,2)"
+    assert parse_layout("") == []
+
+
+def test_cbr_params_and_shape_by_hand():
+    # cbr(128,5,2) on 256 channels: conv 256*128*25 (no bias), BN 2*128; linear 128*20+20
+    branch = build_branch("cbr(128,5,2)", 256, 20)
+    assert n_params(branch) == 256 * 128 * 25 + 2 * 128 + 128 * 20 + 20
+    conv = branch[0][0]
+    assert conv.stride == (2, 2) and conv.padding == (2, 2)
+    assert branch(torch.randn(2, 256, 32, 32)).shape == (2, 20)
+
+
+def test_default_cbr_is_256_3x3():
+    conv = build_branch("cbr", 64, 3)[0][0]
+    assert conv.out_channels == 256 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+
+
+def test_inception_block_by_hand():
+    c = 128
+    branch = build_branch("inception", c, 10)
+    feats = branch[0](torch.randn(2, c, 8, 8))
+    assert feats.shape == (2, 748, 8, 8)
+    bn = lambda f: 2 * f  # noqa: E731
+    expected = (
+        c * 128
+        + bn(128)
+        + c * 128
+        + bn(128)
+        + 2 * (128 * 128 * 3 + bn(128))
+        + c * 160
+        + bn(160)
+        + 160 * 128
+        + bn(128)
+        + 2 * (128 * 128 * 3 + bn(128))
+        + c * 108 * 3
+        + bn(108)
+    )
+    assert n_params(branch[0]) == expected
+
+
+def test_imagenet_blocks_channels():
+    b = build_branch("inception_c inception_d inception_e inception_d inception_e(2)", 256, 7)
+    x = torch.randn(1, 256, 28, 28)
+    feats = b[:-2](x)
+    assert feats.shape == (1, 1496, 7, 7)
+
+
+def test_gap_added_and_dense_after_gap():
+    b = build_branch("cbr(8,3) gap dense(16)", 4, 5)
+    assert isinstance(b[-1], nn.Linear) and b[-1].in_features == 16
+    b = build_branch("cbr(8,3)", 4, 5)  # gap appended automatically
+    assert b(torch.randn(3, 4, 6, 6)).shape == (3, 5)
+
+
+@pytest.mark.parametrize(
+    "layout,match",
+    [
+        ("conv(3)", "unknown block 'conv'"),
+        ("cbr(1,2,3,4)", "takes 0 to 3 arguments"),
+        ("cbr(x)", "not a number"),
+        ("cbr(1.5)", "must be an integer"),
+        ("cbr(0)", "must be positive"),
+        ("dense", "takes 1 to 1"),
+        ("dense(10)", "put gap before it"),
+        ("gap cbr", "comes after gap"),
+        ("cbr((", "cannot read"),
+        ("dropout(1.5)", r"\[0, 1\)"),
+    ],
+)
+def test_layout_errors(layout, match):
+    with pytest.raises(ValueError, match=match):
+        build_branch(layout, 8, 3)
