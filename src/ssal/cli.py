@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssal.files import write_json
+
 __all__ = ["main"]
 
 PAPER_PARAMS = {  # millions, from the paper's table: (baseline, with SSAL branches)
@@ -37,16 +39,6 @@ def _console(stderr: bool = False):  # noqa: ANN202 - rich is imported lazily
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
-
-
-def _write_json(path: str | Path, doc: object) -> Path:
-    """Write JSON atomically so an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 # ---------------------------------------------------------------------------------- models
@@ -133,13 +125,48 @@ def _read_confusion(path: str) -> np.ndarray:
     return m
 
 
+def _checkpoint_data(args: argparse.Namespace):  # noqa: ANN202
+    """Model, info and datamodule of ``--checkpoint``, with ``--data.data_dir`` applied."""
+    from ssal.evaluate import build_datamodule
+    from ssal.train import load_checkpoint
+
+    model, info = load_checkpoint(args.checkpoint)
+    overrides = {"data_dir": getattr(args, "data.data_dir", None)}
+    if getattr(args, "batch_size", None):
+        overrides["eval_batch_size"] = args.batch_size
+    return model, info, build_datamodule(info.get("data"), **overrides)
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but no CUDA device is available")
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cmd_group(args: argparse.Namespace) -> int:
     from ssal.grouping import Grouping, save_groupings
 
-    if args.checkpoint:
-        raise UserError("ssal group --checkpoint needs the training pipeline (ssal fit)")
-    confusion = _read_confusion(args.confusion)
     names = _read_names(args.names) if args.names else None
+    if args.checkpoint:
+        from ssal.evaluate import heldout_confusion
+
+        model, info, dm = _checkpoint_data(args)
+        confusion = heldout_confusion(
+            model,
+            dm.heldout_dataloader(),
+            lambda x: dm.prepare_batch(x, False),
+            info["num_classes"],
+            _device(args.device),
+        )
+        names = names or info.get("class_names")
+        if args.save_confusion:
+            np.save(args.save_confusion, confusion)
+    else:
+        confusion = _read_confusion(args.confusion)
     if names is not None and len(names) != confusion.shape[0]:
         raise ValueError(f"{args.names}: {len(names)} names for {confusion.shape[0]} classes")
     groupings = [
@@ -155,6 +182,108 @@ def cmd_group(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ssal.evaluate import evaluate_model
+
+    model, info, dm = _checkpoint_data(args)
+    device = _device(args.device)
+    n = info["num_classes"]
+    prepare = lambda x: dm.prepare_batch(x, False)  # noqa: E731
+    alpha = info["alpha"] if args.alpha is None else args.alpha
+    tuned = None
+    if args.tune_alpha:
+        if not model.num_branches:
+            raise UserError("--tune-alpha needs a model with SSAL branches")
+        held = evaluate_model(
+            model,
+            dm.heldout_dataloader(),
+            prepare,
+            n,
+            alpha,
+            device,
+            "tuning alpha on the held-out split",
+        )
+        alpha = tuned = held["best_alpha"]
+    result = evaluate_model(
+        model, dm.test_dataloader(), prepare, n, alpha, device, "evaluating on the test split"
+    )
+    result.pop("confusion", None)
+    result.update(
+        checkpoint=str(args.checkpoint),
+        model=info["model"],
+        epoch=info["epoch"],
+        alpha_tuned_on_heldout=tuned is not None,
+    )
+    if args.json:
+        write_json(args.json, result)
+    _print_evaluation(result)
+    return 0
+
+
+def _print_evaluation(r: dict) -> None:
+    from rich.table import Table
+
+    pct = lambda v: "-" if v != v else f"{100 * v:.2f}%"  # noqa: E731
+    t = Table(title=f"{r['model']} on {r['num_samples']} test images")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("fine head (+TR)", pct(r["fine_accuracy"]))
+    if r["branch_accuracy"]:
+        t.add_row(f"joint (+JP), alpha {r['alpha']:g}", pct(r["joint_accuracy"]))
+        for i, a in enumerate(r["branch_accuracy"]):
+            t.add_row(f"branch {i + 1} (coarse)", pct(a))
+        c = r["consistency"]
+        t.add_row("all heads agree: share of images", pct(c["kept_fraction"]))
+        t.add_row("all heads agree: accuracy", pct(c["kept_accuracy"]))
+        t.add_row("set aside: fine head right", pct(c["set_aside_fine_accuracy"]))
+        for i, a in enumerate(c["set_aside_branch_accuracy"]):
+            t.add_row(f"set aside: branch {i + 1} right", pct(a))
+    _console().print(t)
+
+
+# ------------------------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ssal.demo import run_demo
+
+    console = _console()
+    summary = run_demo(
+        args.out,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        quiet=args.quiet,
+        log=console.print,
+    )
+    _print_demo(summary)
+    console.print(f"wrote {Path(args.out) / 'summary.json'} in {summary['total_seconds']:.0f} s")
+    return 0
+
+
+def _print_demo(s: dict) -> None:
+    from rich.table import Table
+
+    pct = lambda v: "-" if v != v else f"{100 * v:.2f}%"  # noqa: E731
+    t = Table(title=f"Fashion-MNIST test set ({s['test_size']} images, {s['epochs']} epochs)")
+    t.add_column("model")
+    t.add_column("accuracy", justify="right")
+    t.add_row("baseline", pct(s["baseline_accuracy"]))
+    t.add_row("SSAL, fine head (+TR)", pct(s["tr_accuracy"]))
+    t.add_row(f"SSAL, joint (+JP, alpha {s['alpha']:g} from held-out)", pct(s["jp_accuracy"]))
+    c = s["consistency"]
+    t.add_row("SSAL where all heads agree", pct(c["kept_accuracy"]))
+    t.add_row("  share of images where they agree", pct(c["kept_fraction"]))
+    t.add_row("  fine head right where they disagree", pct(c["set_aside_fine_accuracy"]))
+    console = _console()
+    console.print(t)
+    console.print(
+        "A run this short shows what the branches add (agreement flags doubtful answers); "
+        "the paper's 1-2 point gain needs full-length training, so the accuracies above may "
+        "go either way."
+    )
+
+
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ssal", description=__doc__.splitlines()[0])
@@ -167,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, nargs="+", default=[20, 33, 50])
     p.set_defaults(func=cmd_models)
 
+    for name in LIGHTNING_COMMANDS:  # listed for --help; handled by Lightning's CLI
+        sub.add_parser(name, help=f"{name} with a YAML config (Lightning CLI; see ssal {name} -h)")
+
     p = sub.add_parser("group", help="derive groupings from a confusion matrix")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--confusion", help="(C, C) confusion matrix as .npy")
@@ -177,18 +309,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--names", help="class names: one per line, or a JSON list")
     p.add_argument("--out", required=True, help="groupings JSON file to write")
+    _data_args(p)
+    p.add_argument("--save-confusion", help="with --checkpoint: also save the confusion .npy")
     p.set_defaults(func=cmd_group)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint as the paper does")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--alpha", type=float, help="combination factor (default: the checkpoint's)")
+    p.add_argument("--tune-alpha", action="store_true", help="pick alpha on the held-out split")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    _data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="baseline vs SSAL on Fashion-MNIST, offline, in minutes")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-size", type=int, help="use this many training images")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST *-ubyte.gz files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data.data_dir",
+        "--data-dir",
+        dest="data.data_dir",
+        help="data folder (default: the one the checkpoint was trained on)",
+    )
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     return int(func(args) or 0)
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+def _run_lightning(argv: list[str], debug: bool) -> int:
+    """Hand ``fit``/``validate``/``test`` to Lightning's CLI; user errors stay one line."""
+    from ssal.lightning_cli import run_lightning_cli
+
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return run_lightning_cli(argv)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        if debug:
+            raise
+        print(f"ssal: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssal`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return _run_lightning(argv, debug)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

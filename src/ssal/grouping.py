@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from ssal.files import write_text
+
 __all__ = [
     "CIFAR100_CLASSES",
     "CIFAR100_SUPERCLASSES",
@@ -219,12 +221,7 @@ def save_groupings(
         "class_names": list(class_names) if class_names is not None else None,
         "groupings": [g.to_dict() for g in groupings],
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def load_groupings(

@@ -41,6 +41,7 @@ IMAGENET_LAYOUTS = (
     "inception_c inception_d inception_e(2) gap",
 )
 SMALL_LAYOUTS = ("cbr(32,3,2) cbr(32,3) gap", "cbr(64,3) gap", "cbr(64,3) gap")
+SMALL_CNN_LAYOUTS = ("cbr(32,3,2) gap", "cbr(48,3,2) gap", "cbr(64,3) gap")
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def _small_cnn() -> ModelEntry:
         build=lambda **kw: SmallCNN(**kw),
         input_size=(1, 28, 28),
         positions=("stage1", "stage2", "stage3"),
-        layouts=SMALL_LAYOUTS,
+        layouts=SMALL_CNN_LAYOUTS,
         weights=(1.0, 1.0, 1.0),
         alpha=0.3,
         paper_positions=((1, -1), (2, -1), (3, -1)),

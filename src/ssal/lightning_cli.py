@@ -1,0 +1,115 @@
+"""``ssal fit|validate|test``: Lightning's CLI with ssal's defaults and the ``auto`` groupings.
+
+Configs are YAML mirroring the classes' arguments (``model:`` is ``SSALModule``, ``data:`` a
+datamodule, ``trainer:`` Lightning's own); every value can be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ssal.evaluate import heldout_confusion
+from ssal.grouping import Grouping, save_groupings
+from ssal.train import SSALModule
+
+__all__ = ["SSALCLI", "derive_groupings", "run_lightning_cli"]
+
+
+def derive_groupings(
+    module: SSALModule,
+    datamodule: L.LightningDataModule,
+    out: str | Path,
+    trainer_kwargs: dict | None = None,
+) -> list[Grouping]:
+    """The paper's workflow: train a short baseline probe, group its held-out confusion.
+
+    The probe is the same network without branches, trained ``probe_epochs`` epochs; the
+    confusion matrix comes from the held-out split (never the test set). Writes ``out``.
+    """
+    hp = dict(module.hparams)
+    hp.update(groupings=None, compile=False)
+    probe = SSALModule(**hp)
+    kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
+    kwargs.update(
+        max_epochs=module.hparams.probe_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    L.Trainer(**kwargs).fit(probe, datamodule)
+    datamodule.setup("fit")
+    device = probe.device
+    confusion = heldout_confusion(
+        probe.net,
+        datamodule.heldout_dataloader(),
+        lambda x: datamodule.prepare_batch(x, False),
+        module.hparams.num_classes,
+        device,
+    )
+    sizes = module.hparams.auto_groups or list(module.entry.paper_groups)
+    groupings = [
+        Grouping.from_confusion(confusion, g, module.hparams.auto_mode, seed=0) for g in sizes
+    ]
+    save_groupings(out, groupings, datamodule.class_names)
+    return groupings
+
+
+class SSALCLI(LightningCLI):
+    """LightningCLI for ``SSALModule`` with CSV + TensorBoard logs and last/best checkpoints."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.monitor": "val/acc_fine",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-{epoch}",
+                "trainer.logger": [
+                    {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": "runs", "name": "ssal"},
+                    },
+                    {
+                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {"save_dir": "runs", "name": "ssal"},
+                    },
+                ],
+            }
+        )
+
+    def before_fit(self) -> None:
+        trainer, module = self.trainer, self.model
+        trainer.callbacks.append(LearningRateMonitor("epoch"))
+        if module.hparams.groupings != "auto" or module.groupings:
+            return
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out = log_dir / "groupings.json"
+        if trainer.is_global_zero:
+            derive_groupings(module, self.datamodule, out, {"accelerator": "auto"})
+        trainer.strategy.barrier("ssal-auto-groupings")
+        from ssal.train import resolve_groupings
+
+        module.set_groupings(resolve_groupings(str(out), module.hparams.num_classes))
+
+
+def run_lightning_cli(argv: Sequence[str]) -> int:
+    """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
+    SSALCLI(
+        SSALModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+    return 0
