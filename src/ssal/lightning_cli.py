@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssal.evaluate import heldout_confusion
 from ssal.grouping import Grouping, save_groupings
@@ -31,7 +32,7 @@ def derive_groupings(
     The probe is the same network without branches, trained ``probe_epochs`` epochs; the
     confusion matrix comes from the held-out split (never the test set). Writes ``out``.
     """
-    hp = dict(module.hparams)
+    hp = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
     hp.update(groupings=None, compile=False)
     probe = SSALModule(**hp)
     kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
@@ -74,21 +75,34 @@ class SSALCLI(LightningCLI):
                 "checkpoint.monitor": "val/acc_fine",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-{epoch}",
-                "trainer.logger": [
-                    {
-                        "class_path": "lightning.pytorch.loggers.CSVLogger",
-                        "init_args": {"save_dir": "runs", "name": "ssal"},
-                    },
-                    {
-                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                        "init_args": {"save_dir": "runs", "name": "ssal"},
-                    },
-                ],
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": "runs", "name": "ssal"},
+                },
             }
         )
 
+    def _add_tensorboard(self) -> None:
+        """Log to TensorBoard too, inside the CSV logger's run folder (one folder per run)."""
+        loggers = list(self.trainer.loggers)
+        csv = next((lg for lg in loggers if isinstance(lg, CSVLogger)), None)
+        if csv is None or any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+            return
+        try:
+            tb = TensorBoardLogger(csv.log_dir, name="", version="tensorboard")
+        except ModuleNotFoundError:  # tensorboard not installed: CSV alone
+            return
+        self.trainer.loggers = [*loggers, tb]
+
+    def before_validate(self) -> None:
+        self._add_tensorboard()
+
+    def before_test(self) -> None:
+        self._add_tensorboard()
+
     def before_fit(self) -> None:
         trainer, module = self.trainer, self.model
+        self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
         if module.hparams.groupings != "auto" or module.groupings:
             return

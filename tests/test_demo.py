@@ -1,0 +1,34 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from ssal.cli import main
+from ssal.data import DEFAULT_FASHION_MNIST_DIR
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (Path(DEFAULT_FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_demo_short_run_writes_everything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--train-size", "4000",
+                 "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("baseline_accuracy", "tr_accuracy", "jp_accuracy", "groupings",
+                "baseline_checkpoint", "ssal_checkpoint", "alpha", "consistency"):
+        assert key in s
+    assert s["test_size"] == 10000 and s["train_size"] == 3600
+    assert 0.5 < s["baseline_accuracy"] <= 1 and 0.5 < s["jp_accuracy"] <= 1  # chance is 0.1
+    assert Path(s["baseline_checkpoint"]).is_file() and Path(s["ssal_checkpoint"]).is_file()
+    assert str(s["alpha"]) in s["heldout_joint_accuracy_by_alpha"] or s["alpha"] == 0
+    assert [g["num_groups"] for g in s["groupings_detail"]] == [2, 3, 5]
+    assert (out / "baseline" / "logs" / "metrics.csv").is_file()
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "+JP" in printed and "agree" in printed
+    # the SSAL checkpoint evaluates to the demo's +TR figure
+    ev = tmp_path / "ev.json"
+    assert main(["evaluate", "--checkpoint", s["ssal_checkpoint"], "--json", str(ev)]) == 0
+    assert json.loads(ev.read_text())["fine_accuracy"] == pytest.approx(s["tr_accuracy"])

@@ -1,0 +1,164 @@
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssal.cli import main
+from ssal.grouping import Grouping, load_groupings, save_groupings
+from ssal.train import SSALModule, load_checkpoint, lr_factor, read_checkpoint
+from tests.test_data import write_cifar100
+
+
+def test_lr_factor_is_the_papers_schedule():
+    m, total = 10, 80
+    for e in range(total):
+        expected = (e + 1) / m if e < m else 1 - (e + 1 - m) / (total + 1 - m)
+        assert lr_factor(e, m, total) == pytest.approx(expected)
+    assert lr_factor(9.5, m, total) <= 1.0  # between epochs: the line joining them
+    assert lr_factor(total, m, total) == pytest.approx(0.0)
+
+
+def test_optimizer_groups_weight_decay(tmp_path):
+    g = [Grouping(np.arange(10) % k) for k in (2, 3, 5)]
+    path = save_groupings(tmp_path / "g.json", g)
+    module = SSALModule("tiny-wrn", 10, groupings=str(path), weight_decay=1.4e-3,
+                        branch_weight_decay=6e-4, nesterov=True, momentum=0.9, lr=0.02)
+    module.trainer = type("T", (), {"max_epochs": 80, "estimated_stepping_batches": 800})()
+    opt = module.configure_optimizers()["optimizer"]
+    groups = {pg["name"]: pg for pg in opt.param_groups}
+    assert groups["backbone"]["weight_decay"] == 1.4e-3
+    assert groups["branches"]["weight_decay"] == 6e-4
+    assert groups["no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in groups["branches"]["params"])
+    assert all(p.ndim <= 1 for p in groups["no_decay"]["params"])
+    n = sum(p.numel() for pg in opt.param_groups for p in pg["params"])
+    assert n == sum(p.numel() for p in module.net.parameters())
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.02 / 10)  # first warm-up epoch
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    write_cifar100(tmp_path / "data", n_train=300, n_test=100)
+    return tmp_path / "data"
+
+
+def fit_tiny(tmp_path: Path, cifar_dir: Path, *extra: str) -> Path:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"""
+seed_everything: 0
+trainer:
+  max_epochs: 2
+  accelerator: cpu
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {tmp_path}
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {tmp_path / "runs"}, name: tiny}}
+data:
+  class_path: ssal.data.InMemoryDataModule
+  init_args: {{dataset: cifar100, data_dir: {cifar_dir}, batch_size: 32, eval_batch_size: 64,
+              heldout: 0.2}}
+model:
+  model: tiny-wrn
+  lr: 0.05
+  warmup_epochs: 1
+"""
+    )
+    assert main(["fit", "--config", str(config), *extra]) == 0
+    return tmp_path / "runs" / "tiny" / "version_0"
+
+
+@pytest.mark.slow
+def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifar_dir, capsys):
+    run = fit_tiny(tmp_path, cifar_dir, "--model.groupings", "auto", "--model.probe_epochs", "1",
+                   "--model.auto_groups", "[20, 33, 50]")
+    groupings, names = load_groupings(run / "groupings.json", 100)
+    assert [g.num_groups for g in groupings] == [20, 33, 50] and len(names) == 100
+    ckpt = run / "checkpoints" / "last.ckpt"
+    raw = torch.load(ckpt, weights_only=True)  # no pickled objects in our checkpoints
+    info = raw["ssal"]
+    assert info["model"] == "tiny-wrn" and len(info["groupings"]) == 3
+    assert info["normalization"]["mean"] and info["data"]["init_args"]["dataset"] == "cifar100"
+    assert (run / "tensorboard").is_dir() and (run / "metrics.csv").is_file()
+
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    last_val = [r for r in rows if r.get("val/acc_fine")][-1]
+    assert {"val/acc_joint", "val/acc_branch1", "val/loss_branch3", "val/kept_fraction"} <= set(
+        k for k, v in last_val.items() if v
+    )
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["fine_accuracy"] == pytest.approx(float(last_val["val/acc_fine"]), abs=1e-6)
+    assert result["joint_accuracy"] == pytest.approx(float(last_val["val/acc_joint"]), abs=1e-6)
+    assert result["num_samples"] == 100 and len(result["branch_accuracy"]) == 3
+    c = result["consistency"]
+    assert 0 <= c["kept_fraction"] <= 1 and len(c["set_aside_branch_accuracy"]) == 3
+    assert "fine head (+TR)" in capsys.readouterr().out
+
+    # tune alpha on the held-out split; the chosen alpha is on the grid
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--tune-alpha", "--json", str(out)]) == 0
+    tuned = json.loads(out.read_text())
+    assert tuned["alpha_tuned_on_heldout"] and 0 <= tuned["alpha"] <= 1
+
+    # rebuilt model gives the trained network's outputs
+    model, info = load_checkpoint(ckpt)
+    assert [g.num_groups for g in info["groupings"]] == [20, 33, 50]
+    x = torch.randn(2, 3, 32, 32)
+    state = {k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    again = SSALModule("tiny-wrn", 100, groupings=str(run / "groupings.json")).net.eval()
+    again.load_state_dict(state)
+    torch.testing.assert_close(model(x).logits, again(x).logits)
+
+    # groupings from the checkpoint's held-out confusion
+    gout = tmp_path / "g.json"
+    assert main(["group", "--checkpoint", str(ckpt), "--groups", "10", "--out", str(gout)]) == 0
+    assert load_groupings(gout, 100)[0][0].num_groups == 10
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint(tmp_path / "none.ckpt")
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        read_checkpoint(tmp_path / "garbage.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match="not an ssal checkpoint"):
+        read_checkpoint(tmp_path / "foreign.ckpt")
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"ssal": {}, "state_dict": Evil()}))
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_errors_for_checkpoints_are_one_line(tmp_path, capsys):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "foreign.ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssal: error:") and "not an ssal checkpoint" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_fit_with_bad_groupings_file_is_one_line(tmp_path, cifar_dir, capsys):
+    bad = save_groupings(tmp_path / "g.json", [np.arange(10) % 2])  # 10 classes, data has 100
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  class_path: ssal.data.InMemoryDataModule\n"
+        f"  init_args: {{dataset: cifar100, data_dir: {cifar_dir}}}\n"
+        f"model:\n  model: tiny-wrn\n  groupings: {bad}\n"
+    )
+    assert main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ssal: error:") and "written for 10 classes" in err[-1]
