@@ -284,6 +284,48 @@ def _print_demo(s: dict) -> None:
     )
 
 
+# ----------------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ssal.bench import bench_rows, run_bench
+
+    result = run_bench(
+        args.model,
+        ssal=args.ssal,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        peak_tflops=args.peak_tflops,
+        num_classes=args.num_classes,
+        reference=not args.no_reference,
+        reference_workers=args.reference_workers,
+    )
+    if args.json:
+        write_json(args.json, result)
+    t = Table(title="ssal bench")
+    for col in (
+        "model",
+        "device",
+        "precision",
+        "train img/s",
+        "eval img/s",
+        "MFU",
+        "speedup",
+        "branches",
+        "memory",
+    ):
+        t.add_column(col)
+    for row in bench_rows([result]):
+        t.add_row(*row)
+    _console().print(t)
+    return 0
+
+
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ssal", description=__doc__.splitlines()[0])
@@ -320,6 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures to this JSON file")
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="training/eval throughput, FLOPs, MFU, speedup")
+    p.add_argument("--model", required=True)
+    p.add_argument("--ssal", action="store_true", help="with branches (and their overhead)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "bf16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: table)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--no-reference", action="store_true", help="skip the plain PyTorch loop")
+    p.add_argument("--reference-workers", type=int, help="DataLoader workers of the reference")
+    p.add_argument("--json", help="write the result to this JSON file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="baseline vs SSAL on Fashion-MNIST, offline, in minutes")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -69,8 +69,12 @@ class SSALCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        import torch
+
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         parser.set_defaults(
             {
+                "trainer.precision": "bf16-mixed" if fast else "32-true",
                 "checkpoint.save_last": True,
                 "checkpoint.monitor": "val/acc_fine",
                 "checkpoint.mode": "max",

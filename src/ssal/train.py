@@ -63,7 +63,8 @@ class SSALModule(L.LightningModule):
     ``groupings``: a groupings JSON file, a built-in hierarchy (``cifar100-superclasses``),
     ``auto`` (``ssal fit`` trains a short baseline probe first and groups its held-out
     confusion) or ``None``. With fewer groupings than the model has branch positions, the
-    deepest positions are used. ``weight_decay``/``branch_weight_decay`` are PyTorch
+    deepest positions are used. ``compile`` and ``channels_last`` default to on for CUDA
+    devices and off elsewhere. ``weight_decay``/``branch_weight_decay`` are PyTorch
     ``weight_decay`` values (a Keras ``l2(wd)`` is ``2 * wd``) applied to conv and linear
     weights; norm layers and biases get none unless ``decay_norm_and_bias``.
     """
@@ -92,8 +93,8 @@ class SSALModule(L.LightningModule):
         warmup_epochs: int = 10,
         schedule_interval: Literal["epoch", "step"] = "epoch",
         bn_momentum: float | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
+        compile: bool | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,13 +139,21 @@ class SSALModule(L.LightningModule):
         self.val_metrics = SSALMetrics(self.net.group_indices, hp.num_classes, self.alpha)
         self._compiled = []
 
+    def _switch(self, name: str) -> bool:
+        """A fast-path switch: its configured value, or (``None``) on where it helps (CUDA)."""
+        value = self.hparams[name]
+        if value is not None:
+            return bool(value)
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        return device.type == "cuda"
+
     def _forward_net(self) -> nn.Module:
-        if self.hparams.compile and not self._compiled:
+        if self._switch("compile") and not self._compiled:
             self._compiled.append(torch.compile(self.net))
         return self._compiled[0] if self._compiled else self.net
 
     def forward(self, x: torch.Tensor):  # noqa: ANN201 - SSALOutput
-        if self.hparams.channels_last and x.dim() == 4:
+        if self._switch("channels_last") and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._forward_net()(x)
 
@@ -163,7 +172,7 @@ class SSALModule(L.LightningModule):
             "class_path": f"{type(dm).__module__}.{type(dm).__name__}",
             "init_args": dict(getattr(dm, "hparams", {})),
         }
-        if self.hparams.channels_last:
+        if self._switch("channels_last"):
             self.net.to(memory_format=torch.channels_last)
 
     # -------------------------------------------------------------------------- steps

@@ -1,0 +1,447 @@
+"""``ssal bench``: how fast ``ssal fit`` trains a model, against a plain PyTorch loop.
+
+Our path is the real one: ``SSALModule`` under Lightning's ``Trainer`` with the in-memory
+datamodule (uint8 batches, augmentation and normalisation on the device), with the chosen
+precision, ``torch.compile`` and channels_last. The reference is what a user writes by hand:
+fp32, eager, a ``DataLoader`` over uint8 images with torchvision transforms on the CPU, plain
+SGD. Both see synthetic images of the model's input size. FLOPs are counted with
+``torch.utils.flop_counter``; MFU is achieved FLOP/s over the device's peak for the precision.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from ssal.backbones.registry import _default_groupings, create_model, get_entry
+from ssal.data import ImageArrays, InMemoryDataModule
+from ssal.grouping import save_groupings
+from ssal.loss import SSALLoss
+from ssal.train import SSALModule
+
+__all__ = ["PEAK_TFLOPS", "count_flops", "run_bench"]
+
+# Dense peak TFLOP/s by device name fragment: (bf16, tf32, fp32).
+PEAK_TFLOPS = {
+    "H200": (989.0, 494.0, 67.0),
+    "H100 PCIe": (756.0, 378.0, 51.0),
+    "H100": (989.0, 494.0, 67.0),
+    "A100": (312.0, 156.0, 19.5),
+    "L40S": (362.0, 183.0, 91.6),
+    "A10G": (70.0, 35.0, 31.2),
+    "L4": (121.0, 60.0, 30.3),
+    "RTX 4090": (165.0, 82.6, 82.6),
+    "V100": (125.0, 15.7, 15.7),
+    "T4": (65.0, 8.1, 8.1),
+}
+# Paper runs for the projection: epochs, training images, test images.
+PAPER_RUNS = {
+    "resnet50": (80, 45000, 10000),
+    "sewrn16-8": (80, 45000, 10000),
+    "wrn28-10": (80, 45000, 10000),
+    "densenet190-40": (100, 45000, 10000),
+    "resnet50-imagenet": (90, 1255544, 50000),
+    "small-cnn": (3, 54000, 10000),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_flops(
+    model: torch.nn.Module, loss_fn: SSALLoss, x: torch.Tensor, y: torch.Tensor
+) -> dict:
+    """FLOPs per image of the forward pass and of forward + backward (``x`` is one batch)."""
+    model.train()
+    with FlopCounterMode(display=False) as fwd:
+        out = model(x)
+    with FlopCounterMode(display=False) as full:
+        out = model(x)
+        loss_fn(out, y).total.backward()
+    model.zero_grad(set_to_none=True)
+    n = x.shape[0]
+    return {"forward": fwd.get_total_flops() / n, "train": full.get_total_flops() / n}
+
+
+def _peak_flops(
+    device: torch.device, precision: str, peak_tflops: float | None
+) -> tuple[float, str]:
+    if peak_tflops:
+        return peak_tflops * 1e12, "given"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for fragment, (bf16, tf32, fp32) in PEAK_TFLOPS.items():
+            if fragment in name:
+                if precision.startswith("bf16"):
+                    return bf16 * 1e12, f"table ({fragment} bf16 dense)"
+                tf32_on = torch.backends.cuda.matmul.allow_tf32
+                return (
+                    tf32 if tf32_on else fp32
+                ) * 1e12, f"table ({fragment} {'tf32' if tf32_on else 'fp32'})"
+    # Unknown device: a large matrix product measures what it can do.
+    dtype = (
+        torch.bfloat16 if precision.startswith("bf16") and device.type == "cuda" else torch.float32
+    )
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    reps = 20 if device.type == "cuda" else 5
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t), f"measured {n}x{n} matmul"
+
+
+class _Timer(Callback):
+    """Wall time of training steps ``warmup`` .. end, with one device sync at each boundary."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.end: float | None = None
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.warmup and self.start is None:
+            _sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if self.start is not None:
+            self.steps += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        _sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+class _SyntheticData(InMemoryDataModule):
+    """The in-memory datamodule over given arrays (no files)."""
+
+    def __init__(self, arrays: ImageArrays, batch_size: int, device_resident: bool | None) -> None:
+        super().__init__(
+            "cifar100",
+            batch_size=batch_size,
+            eval_batch_size=batch_size,
+            heldout=0,
+            device_resident=device_resident,
+        )
+        self._given = arrays
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_arrays is None:
+            self.train_arrays = self.test_arrays = self._given
+            self.heldout_arrays = self._given.subset(torch.arange(0))
+            c = self._given.images.shape[1]
+            self._mean, self._std = [0.5] * c, [0.25] * c
+
+
+def _synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) -> ImageArrays:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    return ImageArrays(
+        images, labels[torch.randperm(n, generator=g)], [str(i) for i in range(classes)]
+    )
+
+
+def _ours(
+    name: str,
+    classes: int,
+    groupings_file: str | None,
+    data: ImageArrays,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    precision: str,
+    compile: bool,
+    channels_last: bool,
+    measure_eval: bool = True,
+) -> dict[str, float]:
+    module = SSALModule(
+        name,
+        classes,
+        in_channels=data.images.shape[1],
+        groupings=groupings_file,
+        lr=0.01,
+        warmup_epochs=1,
+        compile=compile,
+        channels_last=channels_last,
+    )
+    timer = _Timer(warmup)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
+    dm = _SyntheticData(data, batch, None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.fit(module, dm)
+    seconds = timer.end - timer.start
+    result = {
+        "train_images_per_s": timer.steps * batch / seconds,
+        "train_step_ms": 1000 * seconds / timer.steps,
+        "peak_memory_bytes": (
+            torch.cuda.max_memory_allocated(device)
+            if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        ),
+    }
+    if not measure_eval:
+        return result
+    # Evaluation: the same network (compiled when asked) in eval mode, no gradients.
+    net = module._forward_net().eval() if compile else module.net.eval()
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    images = data.images[:batch].to(device)
+    x = dm.prepare_batch(images, False)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for i in range(warmup + steps):
+            if i == warmup:
+                _sync(device)
+                t = time.perf_counter()
+            net(x)
+        _sync(device)
+    result["eval_images_per_s"] = steps * batch / (time.perf_counter() - t)
+    return result
+
+
+class _PerSample(Dataset):
+    """uint8 images one at a time through torchvision transforms, as a hand-written loop does."""
+
+    def __init__(self, arrays: ImageArrays, transform: Any) -> None:
+        self.arrays, self.transform = arrays, transform
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.arrays.images[i]), self.arrays.labels[i]
+
+
+def _reference(
+    name: str,
+    classes: int,
+    groupings: list | None,
+    data: ImageArrays,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    workers: int,
+) -> float:
+    from torchvision.transforms import v2
+
+    c, h, _ = data.images.shape[1:]
+    transform = v2.Compose(
+        [
+            v2.RandomCrop(h, padding=min(5, h // 4), padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * c, [0.25] * c),
+        ]
+    )
+    loader = DataLoader(
+        _PerSample(data, transform),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    model = create_model(name, classes, groupings, in_channels=c).to(device).train()
+    loss_fn = SSALLoss(groupings or [], [1.0] * len(groupings or [])).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    done, t = 0, None
+    while done < warmup + steps:
+        for x, y in loader:
+            if done == warmup:
+                _sync(device)
+                t = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).total.backward()
+            opt.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    _sync(device)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def run_bench(
+    model: str,
+    ssal: bool = False,
+    batch_size: int = 128,
+    steps: int = 30,
+    warmup: int = 10,
+    device: str = "cpu",
+    precision: str = "32",
+    compile: bool = False,
+    channels_last: bool = False,
+    peak_tflops: float | None = None,
+    num_classes: int | None = None,
+    reference: bool = True,
+    reference_workers: int | None = None,
+) -> dict[str, Any]:
+    """Measure one model; returns the JSON document of ``ssal bench``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    precision = {"32": "32-true", "bf16": "bf16-mixed"}.get(precision, precision)
+    if precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"precision must be 32 or bf16-mixed, got {precision!r}")
+    if steps < 1 or warmup < 1 or batch_size < 1:
+        raise ValueError("steps, warmup and batch size must be >= 1")
+    torch.set_float32_matmul_precision("high")
+    entry = get_entry(model)
+    classes = num_classes or (
+        1000 if model.endswith("imagenet") else 10 if model == "small-cnn" else 100
+    )
+    sizes = (
+        entry.paper_groups
+        if max(entry.paper_groups) < classes
+        else (max(2, classes // 5), max(2, classes // 3), max(2, classes // 2))
+    )
+    groupings = _default_groupings(classes, sizes) if ssal else None
+    shape = entry.input_size
+    n = batch_size * min(warmup + steps, 40)
+    data = _synthetic(n, shape, classes)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gfile = str(save_groupings(Path(tmp) / "g.json", groupings)) if groupings else None
+        flops_model = create_model(model, classes, groupings).to(dev)
+        loss_fn = SSALLoss(groupings or [], [1.0] * len(groupings or [])).to(dev)
+        xb = torch.randn(min(batch_size, 8), *shape, device=dev)
+        yb = torch.arange(xb.shape[0], device=dev) % classes
+        flops = count_flops(flops_model, loss_fn, xb, yb)
+        del flops_model
+        params = create_model(model, classes, groupings).num_parameters()
+
+        ours = _ours(
+            model,
+            classes,
+            gfile,
+            data,
+            batch_size,
+            steps,
+            warmup,
+            dev,
+            precision,
+            compile,
+            channels_last,
+        )
+        result: dict[str, Any] = {
+            "model": model,
+            "ssal": ssal,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "device_type": dev.type,
+            "torch": torch.__version__,
+            "precision": precision,
+            "compile": compile,
+            "channels_last": channels_last,
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup_steps": warmup,
+            "num_classes": classes,
+            "params": params["total"],
+            "params_branches": params["branches"],
+            **ours,
+            "flops_per_image_forward": flops["forward"],
+            "flops_per_image_train": flops["train"],
+        }
+        peak, source = _peak_flops(dev, precision, peak_tflops)
+        result["peak_flops"] = peak
+        result["peak_source"] = source
+        result["achieved_flops"] = ours["train_images_per_s"] * flops["train"]
+        result["mfu"] = result["achieved_flops"] / peak
+
+        if ssal:
+            base = _ours(
+                model,
+                classes,
+                None,
+                data,
+                batch_size,
+                steps,
+                warmup,
+                dev,
+                precision,
+                compile,
+                channels_last,
+            )
+            result["baseline_train_images_per_s"] = base["train_images_per_s"]
+            result["baseline_train_step_ms"] = base["train_step_ms"]
+            # Share of the SSAL step spent on the branches.
+            result["ssal_overhead"] = 1 - base["train_step_ms"] / ours["train_step_ms"]
+        else:
+            result["ssal_overhead"] = 0.0
+
+        if reference:
+            workers = reference_workers
+            if workers is None:
+                workers = min(8, (os.cpu_count() or 2) // 2) if dev.type == "cuda" else 0
+            ref = _reference(
+                model, classes, groupings, data, batch_size, steps, warmup, dev, workers
+            )
+            result["reference_train_images_per_s"] = ref
+            result["reference_workers"] = workers
+            result["speedup"] = ours["train_images_per_s"] / ref
+        else:
+            result["reference_train_images_per_s"] = None
+            result["speedup"] = None
+
+    if model in PAPER_RUNS:
+        epochs, n_train, n_test = PAPER_RUNS[model]
+        epoch_s = n_train / result["train_images_per_s"] + n_test / result["eval_images_per_s"]
+        result["paper_run"] = {"epochs": epochs, "train_images": n_train, "test_images": n_test}
+        result["projected_epoch_s"] = epoch_s
+        result["projected_run_hours"] = epochs * epoch_s / 3600
+    return result
+
+
+def bench_rows(results: list[dict]) -> list[tuple[str, ...]]:
+    """Table rows for the terminal."""
+    rows = []
+    for r in results:
+        rows.append(
+            (
+                r["model"] + (" +SSAL" if r["ssal"] else ""),
+                r["device"],
+                r["precision"] + (" compile" if r["compile"] else ""),
+                f"{r['train_images_per_s']:.0f}",
+                f"{r['eval_images_per_s']:.0f}",
+                f"{100 * r['mfu']:.1f}%",
+                f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+                f"{100 * r['ssal_overhead']:.1f}%" if r["ssal"] else "-",
+                f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
+            )
+        )
+    return rows
