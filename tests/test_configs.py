@@ -15,20 +15,59 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # PAPER.md's recipe table; weight decays are Keras l2 values (PyTorch weight_decay = 2x).
 # SE-WRN-16-8 has no published recipe: it uses WRN-28-10's.
 PAPER = {
-    "resnet50_baseline": dict(epochs=80, batch=64, lr=0.088, momentum=0.93, nesterov=False, wd=1e-4),
-    "resnet50_ssal": dict(epochs=80, batch=64, lr=0.092, momentum=0.93, nesterov=False, wd=1e-4,
-                          aux_wd=1e-4, weights=[0.42, 0.59, 0.76], alpha=0.3),
+    "resnet50_baseline": dict(
+        epochs=80, batch=64, lr=0.088, momentum=0.93, nesterov=False, wd=1e-4
+    ),
+    "resnet50_ssal": dict(
+        epochs=80,
+        batch=64,
+        lr=0.092,
+        momentum=0.93,
+        nesterov=False,
+        wd=1e-4,
+        aux_wd=1e-4,
+        weights=[0.42, 0.59, 0.76],
+        alpha=0.3,
+    ),
     "wrn28-10_baseline": dict(epochs=80, batch=64, lr=0.016, momentum=0.9, nesterov=True, wd=7e-4),
-    "wrn28-10_ssal": dict(epochs=80, batch=64, lr=0.021, momentum=0.9, nesterov=True, wd=7e-4,
-                          aux_wd=3e-4, weights=[0.8, 0.9, 1.0], alpha=0.4),
+    "wrn28-10_ssal": dict(
+        epochs=80,
+        batch=64,
+        lr=0.021,
+        momentum=0.9,
+        nesterov=True,
+        wd=7e-4,
+        aux_wd=3e-4,
+        weights=[0.8, 0.9, 1.0],
+        alpha=0.4,
+    ),
     "sewrn16-8_baseline": dict(epochs=80, batch=64, lr=0.016, momentum=0.9, nesterov=True, wd=7e-4),
-    "sewrn16-8_ssal": dict(epochs=80, batch=64, lr=0.021, momentum=0.9, nesterov=True, wd=7e-4,
-                           aux_wd=3e-4, weights=[0.8, 0.9, 1.0], alpha=0.4),
-    "densenet190-40_baseline": dict(epochs=100, batch=32, lr=0.08, momentum=0.9, nesterov=True,
-                                    wd=3e-4, smoothing=0.1),
-    "densenet190-40_ssal": dict(epochs=100, batch=32, lr=0.08, momentum=0.9, nesterov=True,
-                                wd=3e-4, aux_wd=1e-4, weights=[0.8, 0.9, 1.0], alpha=0.5,
-                                smoothing=0.1),
+    "sewrn16-8_ssal": dict(
+        epochs=80,
+        batch=64,
+        lr=0.021,
+        momentum=0.9,
+        nesterov=True,
+        wd=7e-4,
+        aux_wd=3e-4,
+        weights=[0.8, 0.9, 1.0],
+        alpha=0.4,
+    ),
+    "densenet190-40_baseline": dict(
+        epochs=100, batch=32, lr=0.08, momentum=0.9, nesterov=True, wd=3e-4, smoothing=0.1
+    ),
+    "densenet190-40_ssal": dict(
+        epochs=100,
+        batch=32,
+        lr=0.08,
+        momentum=0.9,
+        nesterov=True,
+        wd=3e-4,
+        aux_wd=1e-4,
+        weights=[0.8, 0.9, 1.0],
+        alpha=0.5,
+        smoothing=0.1,
+    ),
 }
 
 
@@ -92,11 +131,26 @@ def small_data(tmp_path_factory) -> dict:
 
 
 def _fast_run(config: Path, data_dir: Path, groupings: Path | None, extra=()) -> int:
-    args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "1",
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
-            "--data.init_args.data_dir", str(data_dir), "--data.init_args.batch_size", "4",
-            "--data.init_args.eval_batch_size", "4", *extra]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--data.init_args.data_dir",
+        str(data_dir),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.eval_batch_size",
+        "4",
+        *extra,
+    ]
     if groupings is not None:
         args += ["--model.groupings", str(groupings)]
     return main(args)
@@ -116,8 +170,10 @@ def test_imagenet_config_trains_a_step(kind, small_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     g = small_data["g2"] if kind == "ssal" else None
     extra = ["--data.init_args.num_workers", "0", "--data.init_args.heldout", "0"]
-    assert _fast_run(CONFIGS / "imagenet" / f"resnet50_{kind}.yaml", small_data["imagenet"], g,
-                     extra) == 0
+    assert (
+        _fast_run(CONFIGS / "imagenet" / f"resnet50_{kind}.yaml", small_data["imagenet"], g, extra)
+        == 0
+    )
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "fashion-mnist").glob("*.yaml")))

@@ -14,11 +14,20 @@ from ssal.data import DEFAULT_FASHION_MNIST_DIR
 )
 def test_demo_short_run_writes_everything(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "2", "--train-size", "4000",
-                 "--quiet"]) == 0
+    assert (
+        main(["demo", "--out", str(out), "--epochs", "2", "--train-size", "4000", "--quiet"]) == 0
+    )
     s = json.loads((out / "summary.json").read_text())
-    for key in ("baseline_accuracy", "tr_accuracy", "jp_accuracy", "groupings",
-                "baseline_checkpoint", "ssal_checkpoint", "alpha", "consistency"):
+    for key in (
+        "baseline_accuracy",
+        "tr_accuracy",
+        "jp_accuracy",
+        "groupings",
+        "baseline_checkpoint",
+        "ssal_checkpoint",
+        "alpha",
+        "consistency",
+    ):
         assert key in s
     assert s["test_size"] == 10000 and s["train_size"] == 3600
     assert 0.5 < s["baseline_accuracy"] <= 1 and 0.5 < s["jp_accuracy"] <= 1  # chance is 0.1

@@ -25,8 +25,16 @@ def test_lr_factor_is_the_papers_schedule():
 def test_optimizer_groups_weight_decay(tmp_path):
     g = [Grouping(np.arange(10) % k) for k in (2, 3, 5)]
     path = save_groupings(tmp_path / "g.json", g)
-    module = SSALModule("tiny-wrn", 10, groupings=str(path), weight_decay=1.4e-3,
-                        branch_weight_decay=6e-4, nesterov=True, momentum=0.9, lr=0.02)
+    module = SSALModule(
+        "tiny-wrn",
+        10,
+        groupings=str(path),
+        weight_decay=1.4e-3,
+        branch_weight_decay=6e-4,
+        nesterov=True,
+        momentum=0.9,
+        lr=0.02,
+    )
     module.trainer = type("T", (), {"max_epochs": 80, "estimated_stepping_batches": 800})()
     opt = module.configure_optimizers()["optimizer"]
     groups = {pg["name"]: pg for pg in opt.param_groups}
@@ -77,8 +85,16 @@ model:
 
 @pytest.mark.slow
 def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifar_dir, capsys):
-    run = fit_tiny(tmp_path, cifar_dir, "--model.groupings", "auto", "--model.probe_epochs", "1",
-                   "--model.auto_groups", "[20, 33, 50]")
+    run = fit_tiny(
+        tmp_path,
+        cifar_dir,
+        "--model.groupings",
+        "auto",
+        "--model.probe_epochs",
+        "1",
+        "--model.auto_groups",
+        "[20, 33, 50]",
+    )
     groupings, names = load_groupings(run / "groupings.json", 100)
     assert [g.num_groups for g in groupings] == [20, 33, 50] and len(names) == 100
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -88,7 +104,8 @@ def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifa
     assert info["normalization"]["mean"] and info["data"]["init_args"]["dataset"] == "cifar100"
     assert (run / "tensorboard").is_dir() and (run / "metrics.csv").is_file()
 
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     last_val = [r for r in rows if r.get("val/acc_fine")][-1]
     assert {"val/acc_joint", "val/acc_branch1", "val/loss_branch3", "val/kept_fraction"} <= set(
         k for k, v in last_val.items() if v

@@ -94,12 +94,12 @@ def _peak_flops(
     dtype = (
         torch.bfloat16 if precision.startswith("bf16") and device.type == "cuda" else torch.float32
     )
-    n = 4096 if device.type == "cuda" else 1024
+    n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
-    reps = 20 if device.type == "cuda" else 5
+    reps = 20 if device.type == "cuda" else 3
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
@@ -214,7 +214,9 @@ def _ours(
     }
     if not measure_eval:
         return result
-    # Evaluation: the same network (compiled when asked) in eval mode, no gradients.
+    # Evaluation: the same network (compiled when asked) in eval mode, no gradients. Lightning
+    # moves the module back to the CPU when fit ends.
+    module.to(device)
     net = module._forward_net().eval() if compile else module.net.eval()
     dtype = torch.bfloat16 if precision.startswith("bf16") else None
     images = data.images[:batch].to(device)

@@ -107,7 +107,8 @@ class SSALMetrics(Metric):
             "alpha": self.alpha,
             "branch_accuracy": [ratio(c, n) for c in self.branch_correct.tolist()],
             "joint_accuracy_by_alpha": {
-                f"{a:g}": ratio(c, n) for a, c in zip(self.alpha_grid, self.grid_correct.tolist())
+                f"{a:g}": ratio(c, n)
+                for a, c in zip(self.alpha_grid, self.grid_correct.tolist(), strict=True)
             },
             "best_alpha": self.alpha_grid[best] if self.alpha_grid else self.alpha,
             "consistency": {

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ssal.bench import count_flops
+from ssal.cli import main
+from ssal.data import normalize, shift_flip
+from ssal.loss import SSALLoss
+from ssal.model import SSALModel
+
+
+class TinyConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8 * 8 * 8, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_flop_count_matches_hand_computation():
+    model = SSALModel(TinyConvNet())
+    x, y = torch.randn(4, 3, 8, 8), torch.arange(4)
+    flops = count_flops(model, SSALLoss(), x, y)
+    conv = 2 * (8 * 8) * 8 * (3 * 3 * 3)  # per image: 2 * outputs * (k*k*c_in)
+    fc = 2 * 512 * 10
+    assert flops["forward"] == conv + fc
+    # backward: the linear layer needs input and weight gradients (2x its forward); the conv
+    # only its weight gradient (the image needs none)
+    assert flops["train"] == 2 * conv + 3 * fc
+
+
+@pytest.mark.slow
+def test_fast_path_loss_equals_plain_path_fp32():
+    from ssal.backbones.registry import create_model
+    from tests.conftest import modulo_groupings
+
+    torch.manual_seed(0)
+    groupings = modulo_groupings(10)
+    plain = create_model("tiny-wrn", 10, groupings).train()
+    fast = create_model("tiny-wrn", 10, groupings).train()
+    fast.load_state_dict(plain.state_dict())
+    loss_fn = SSALLoss(groupings, [0.8, 0.9, 1.0])
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(16) % 10
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    g = torch.Generator().manual_seed(1)
+    augmented = shift_flip(images, 4, True, generator=g)
+    # plain: float images, NCHW, eager
+    x_plain = ((augmented.float() / 255) - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]
+    ref = loss_fn(plain(x_plain), labels).total
+    # fast: fused normalisation, channels_last, torch.compile
+    fast = fast.to(memory_format=torch.channels_last)
+    x_fast = normalize(augmented, mean, std).contiguous(memory_format=torch.channels_last)
+    got = loss_fn(torch.compile(fast)(x_fast), labels).total
+    assert abs(got.item() - ref.item()) < 1e-5
+
+
+def test_bench_cpu_writes_every_key(tmp_path):
+    out = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "tiny-wrn",
+                "--ssal",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    r = json.loads(out.read_text())
+    for key in (
+        "model",
+        "device",
+        "precision",
+        "batch_size",
+        "train_images_per_s",
+        "eval_images_per_s",
+        "flops_per_image_train",
+        "mfu",
+        "peak_memory_bytes",
+        "reference_train_images_per_s",
+        "speedup",
+        "ssal_overhead",
+        "train_step_ms",
+        "flops_per_image_forward",
+    ):
+        assert key in r, key
+    assert r["device"] == "cpu" and r["batch_size"] == 8 and r["ssal"]
+    assert r["train_images_per_s"] > 0 and r["reference_train_images_per_s"] > 0
+    assert r["flops_per_image_train"] > 2 * r["flops_per_image_forward"]
+    assert 0 < r["mfu"] < 1.5 and np.isfinite(r["speedup"])
+    assert r["speedup"] == pytest.approx(
+        r["train_images_per_s"] / r["reference_train_images_per_s"]
+    )
