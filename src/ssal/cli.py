@@ -284,6 +284,15 @@ def _print_demo(s: dict) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from ssal.train import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    _console(stderr=True).print(f"wrote {out}/model.safetensors and {out}/ssal.json")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -356,12 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_group)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint as the paper does")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a .ckpt file or an `ssal export` folder")
     p.add_argument("--alpha", type=float, help="combination factor (default: the checkpoint's)")
     p.add_argument("--tune-alpha", action="store_true", help="pick alpha on the held-out split")
     p.add_argument("--json", help="write the figures to this JSON file")
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="weights as safetensors + JSON (safe to share)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="folder to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="training/eval throughput, FLOPs, MFU, speedup")
     p.add_argument("--model", required=True)

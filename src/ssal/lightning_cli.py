@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -16,7 +17,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssal.evaluate import heldout_confusion
 from ssal.grouping import Grouping, save_groupings
-from ssal.train import SSALModule
+from ssal.loggers import NonFiniteLossGuard
+from ssal.train import SSALModule, read_checkpoint
 
 __all__ = ["SSALCLI", "derive_groupings", "run_lightning_cli"]
 
@@ -80,11 +82,15 @@ class SSALCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-{epoch}",
                 "trainer.logger": {
-                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "class_path": "ssal.loggers.ResumableCSVLogger",
                     "init_args": {"save_dir": "runs", "name": "ssal"},
                 },
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
+            _resolve_last(self.config["fit"])
 
     def _add_tensorboard(self) -> None:
         """Log to TensorBoard too, inside the CSV logger's run folder (one folder per run)."""
@@ -108,6 +114,7 @@ class SSALCLI(LightningCLI):
         trainer, module = self.trainer, self.model
         self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
+        trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
         if module.hparams.groupings != "auto" or module.groupings:
             return
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -118,6 +125,37 @@ class SSALCLI(LightningCLI):
         from ssal.train import resolve_groupings
 
         module.set_groupings(resolve_groupings(str(out), module.hparams.num_classes))
+
+
+def _resolve_last(cfg: Any) -> None:
+    """``--ckpt_path last``: resume the newest run of this logger's folder, in that folder.
+
+    Lightning's own ``last`` looks only in a new run's (empty) folder; here the newest
+    ``version_K/checkpoints/last.ckpt`` is found, the logger writes on into ``version_K`` and
+    its ``metrics.csv`` keeps the rows up to the checkpoint's step.
+    """
+    logger = cfg.trainer.logger
+    if isinstance(logger, list):
+        logger = next((lg for lg in logger if "CSVLogger" in str(lg.get("class_path"))), None)
+    if not logger or "CSVLogger" not in str(logger.get("class_path")):
+        raise ValueError("--ckpt_path last needs the default CSV logger; give --ckpt_path FILE")
+    args = logger.init_args
+    root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
+    found = sorted(
+        (int(p.parent.parent.name.split("_", 1)[1]), p)
+        for p in root.glob("version_*/checkpoints/last.ckpt")
+        if p.parent.parent.name.split("_", 1)[1].isdigit()
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoint to resume: nothing matches {root}/version_*/checkpoints/last.ckpt"
+        )
+    version, path = found[-1]
+    ckpt = read_checkpoint(path)
+    args.version = version
+    if "ResumableCSVLogger" in str(logger.get("class_path")):
+        args.resume_step = int(ckpt.get("global_step", 0))
+    cfg.ckpt_path = str(path)
 
 
 def run_lightning_cli(argv: Sequence[str]) -> int:

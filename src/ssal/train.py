@@ -9,6 +9,7 @@ settings) as plain values, so they load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +21,20 @@ import torch
 from torch import nn
 
 from ssal.backbones.registry import create_model, get_entry
+from ssal.files import write_json
 from ssal.grouping import BUILTIN_HIERARCHIES, Grouping, load_groupings
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel
 
-__all__ = ["SSALModule", "lr_factor", "resolve_groupings", "load_checkpoint"]
+__all__ = [
+    "SSALModule",
+    "export_checkpoint",
+    "load_checkpoint",
+    "lr_factor",
+    "read_checkpoint",
+    "resolve_groupings",
+]
 
 CHECKPOINT_KEY = "ssal"
 
@@ -201,6 +210,7 @@ class SSALModule(L.LightningModule):
         m.pop("confusion", None)
         self.last_metrics = m
         self.log("val/acc_fine", m["fine_accuracy"], prog_bar=True)
+        self.log("val/num_samples", float(m["num_samples"]))
         if self.groupings:
             self.log("val/acc_joint", m["joint_accuracy"], prog_bar=True)
             for i, a in enumerate(m["branch_accuracy"]):
@@ -306,27 +316,88 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "ssal.json"
+
+
+def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An ``ssal export`` folder: weights as safetensors (no pickle) and a JSON description."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info_path, weights = folder / EXPORT_INFO, folder / EXPORT_WEIGHTS
+    for p in (info_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{weights}: not a loadable safetensors file ({e})") from None
+    return info, {f"net.{k}": v for k, v in state.items()}
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[SSALModel, dict[str, Any]]:
-    """Rebuild the trained ``SSALModel`` from a checkpoint; returns it (eval mode) and its info."""
-    ckpt = read_checkpoint(path, map_location)
-    info = ckpt[CHECKPOINT_KEY]
-    groupings = [_grouping_from_dict(d) for d in info["groupings"]] or None
-    model = create_model(
-        info["model"],
-        info["num_classes"],
-        groupings,
-        in_channels=info["in_channels"],
-        positions=info["positions"] or None,
-        layouts=info["layouts"] or None,
-    )
-    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    """Rebuild the trained ``SSALModel`` from a checkpoint or an ``ssal export`` folder.
+
+    Returns the model (eval mode) and its info: model name, groupings, alpha, class names,
+    normalisation and data settings.
+    """
+    path = Path(path)
+    if path.is_dir() or path.name in (EXPORT_INFO, EXPORT_WEIGHTS):
+        info, state_dict = _read_export(path if path.is_dir() else path.parent)
+        ckpt: dict[str, Any] = {}
+    else:
+        ckpt = read_checkpoint(path, map_location)
+        info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
+    info = dict(info)
+    try:
+        groupings = [_grouping_from_dict(d) for d in info["groupings"]] or None
+        model = create_model(
+            info["model"],
+            info["num_classes"],
+            groupings,
+            in_channels=info["in_channels"],
+            positions=info["positions"] or None,
+            layouts=info["layouts"] or None,
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: the model description lacks {e}") from None
+    state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit {info['model']} ({str(e)[:200]})") from None
     info["groupings"] = groupings or []
-    info["epoch"] = ckpt.get("epoch")
-    info["global_step"] = ckpt.get("global_step")
+    info["epoch"] = ckpt.get("epoch", info.get("epoch"))
+    info["global_step"] = ckpt.get("global_step", info.get("global_step"))
     return model.eval(), info
+
+
+def export_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's weights as safetensors plus ``ssal.json`` (model, groupings, alpha).
+
+    The pair loads without unpickling anything (``load_checkpoint(out)``), so it is safe to
+    share; ``ssal evaluate`` and ``ssal predict`` accept the folder.
+    """
+    from safetensors.torch import save_file
+
+    ckpt = read_checkpoint(path)
+    info = dict(ckpt[CHECKPOINT_KEY])
+    info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
+    state = {
+        k[4:]: v.contiguous()
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("net.") and isinstance(v, torch.Tensor)
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{EXPORT_WEIGHTS}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+    tmp.replace(out / EXPORT_WEIGHTS)
+    write_json(out / EXPORT_INFO, info)
+    return out
