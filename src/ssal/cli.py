@@ -293,6 +293,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ data
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from ssal.shards import convert_to_shards
+
+    meta = convert_to_shards(
+        args.dataset, args.data_dir, args.out, args.shard_size, args.heldout, args.seed
+    )
+    counts = ", ".join(
+        f"{k} {v['samples']} in {len(v['shards'])} shards" for k, v in meta["splits"].items()
+    )
+    _console(stderr=True).print(f"wrote {args.out}: {counts}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -371,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures to this JSON file")
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="data tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    p = data_sub.add_parser("convert", help="write a dataset as WebDataset shards for streaming")
+    p.add_argument(
+        "--dataset", required=True, choices=["cifar10", "cifar100", "fashion-mnist", "imagefolder"]
+    )
+    p.add_argument("--data-dir", help="dataset folder (imagefolder: with train/ and val/)")
+    p.add_argument("--out", required=True, help="new folder for the shards and meta.json")
+    p.add_argument("--shard-size", type=int, default=10000, help="images per shard")
+    p.add_argument("--heldout", type=float, default=0.0, help="stratified held-out part")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_convert)
 
     p = sub.add_parser("export", help="weights as safetensors + JSON (safe to share)")
     p.add_argument("--checkpoint", required=True)

@@ -20,7 +20,11 @@ from ssal.model import SSALModel
 
 __all__ = ["build_datamodule", "evaluate_model", "heldout_confusion"]
 
-ALLOWED_DATAMODULES = ("ssal.data.InMemoryDataModule", "ssal.data.ImageFolderDataModule")
+ALLOWED_DATAMODULES = (
+    "ssal.data.InMemoryDataModule",
+    "ssal.data.ImageFolderDataModule",
+    "ssal.shards.ShardDataModule",
+)
 
 
 def build_datamodule(data: dict[str, Any] | None, **overrides: Any) -> L.LightningDataModule:

@@ -6,6 +6,7 @@ datamodule, ``trainer:`` Lightning's own); every value can be overridden on the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from ssal.evaluate import heldout_confusion
 from ssal.grouping import Grouping, save_groupings
 from ssal.loggers import NonFiniteLossGuard
-from ssal.train import SSALModule, read_checkpoint
+from ssal.train import SSALModule, read_checkpoint, resolve_groupings
+
+AUTO_GROUPINGS_ENV = "SSAL_AUTO_GROUPINGS"
 
 __all__ = ["SSALCLI", "derive_groupings", "run_lightning_cli"]
 
@@ -117,13 +120,21 @@ class SSALCLI(LightningCLI):
         trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
         if module.hparams.groupings != "auto" or module.groupings:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        out = log_dir / "groupings.json"
-        if trainer.is_global_zero:
+        # Rank 0 derives the groupings before Lightning starts the other processes, which
+        # inherit the file's path; ranks started by torchrun/SLURM cannot wait for it.
+        shared = os.environ.get(AUTO_GROUPINGS_ENV)
+        if shared:
+            out = Path(shared)
+        elif trainer.is_global_zero and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            out = Path(trainer.log_dir or trainer.default_root_dir) / "groupings.json"
             derive_groupings(module, self.datamodule, out, {"accelerator": "auto"})
-        trainer.strategy.barrier("ssal-auto-groupings")
-        from ssal.train import resolve_groupings
-
+            os.environ[AUTO_GROUPINGS_ENV] = str(out.resolve())
+        else:
+            raise ValueError(
+                "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
+                "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
+                "first and pass --model.groupings FILE"
+            )
         module.set_groupings(resolve_groupings(str(out), module.hparams.num_classes))
 
 
@@ -160,6 +171,16 @@ def _resolve_last(cfg: Any) -> None:
 
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
+    inherited = AUTO_GROUPINGS_ENV in os.environ
+    try:
+        _cli(argv)
+    finally:
+        if not inherited:  # a later run in this process derives its own groupings
+            os.environ.pop(AUTO_GROUPINGS_ENV, None)
+    return 0
+
+
+def _cli(argv: Sequence[str]) -> None:
     SSALCLI(
         SSALModule,
         L.LightningDataModule,
@@ -168,4 +189,3 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
-    return 0
