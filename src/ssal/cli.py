@@ -26,6 +26,20 @@ PAPER_PARAMS = {  # millions, from the paper's table: (baseline, with SSAL branc
 }
 
 
+def _pct(v: float) -> str:
+    """A fraction as a percentage; ``-`` for NaN (nothing to measure)."""
+    return "-" if v != v else f"{100 * v:.2f}%"
+
+
+def _mean_std(m: dict, scale: float = 100.0) -> str:
+    """``mean ± std`` of a ``study.mean_std`` dict, scaled (100: fractions to points)."""
+    if not m["n"]:
+        return "-"
+    if m["n"] == 1:
+        return f"{scale * m['mean']:.2f}"
+    return f"{scale * m['mean']:.2f} ± {scale * m['std']:.2f}"
+
+
 class UserError(Exception):
     """An error the user can fix; printed as one line."""
 
@@ -224,21 +238,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _print_evaluation(r: dict) -> None:
     from rich.table import Table
 
-    pct = lambda v: "-" if v != v else f"{100 * v:.2f}%"  # noqa: E731
     t = Table(title=f"{r['model']} on {r['num_samples']} test images")
     t.add_column("measure")
     t.add_column("value", justify="right")
-    t.add_row("fine head (+TR)", pct(r["fine_accuracy"]))
+    t.add_row("fine head (+TR)", _pct(r["fine_accuracy"]))
     if r["branch_accuracy"]:
-        t.add_row(f"joint (+JP), alpha {r['alpha']:g}", pct(r["joint_accuracy"]))
+        t.add_row(f"joint (+JP), alpha {r['alpha']:g}", _pct(r["joint_accuracy"]))
         for i, a in enumerate(r["branch_accuracy"]):
-            t.add_row(f"branch {i + 1} (coarse)", pct(a))
+            t.add_row(f"branch {i + 1} (coarse)", _pct(a))
         c = r["consistency"]
-        t.add_row("all heads agree: share of images", pct(c["kept_fraction"]))
-        t.add_row("all heads agree: accuracy", pct(c["kept_accuracy"]))
-        t.add_row("set aside: fine head right", pct(c["set_aside_fine_accuracy"]))
+        t.add_row("all heads agree: share of images", _pct(c["kept_fraction"]))
+        t.add_row("all heads agree: accuracy", _pct(c["kept_accuracy"]))
+        t.add_row("set aside: fine head right", _pct(c["set_aside_fine_accuracy"]))
         for i, a in enumerate(c["set_aside_branch_accuracy"]):
-            t.add_row(f"set aside: branch {i + 1} right", pct(a))
+            t.add_row(f"set aside: branch {i + 1} right", _pct(a))
     _console().print(t)
 
 
@@ -264,17 +277,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_demo(s: dict) -> None:
     from rich.table import Table
 
-    pct = lambda v: "-" if v != v else f"{100 * v:.2f}%"  # noqa: E731
     t = Table(title=f"Fashion-MNIST test set ({s['test_size']} images, {s['epochs']} epochs)")
     t.add_column("model")
     t.add_column("accuracy", justify="right")
-    t.add_row("baseline", pct(s["baseline_accuracy"]))
-    t.add_row("SSAL, fine head (+TR)", pct(s["tr_accuracy"]))
-    t.add_row(f"SSAL, joint (+JP, alpha {s['alpha']:g} from held-out)", pct(s["jp_accuracy"]))
+    t.add_row("baseline", _pct(s["baseline_accuracy"]))
+    t.add_row("SSAL, fine head (+TR)", _pct(s["tr_accuracy"]))
+    t.add_row(f"SSAL, joint (+JP, alpha {s['alpha']:g} from held-out)", _pct(s["jp_accuracy"]))
     c = s["consistency"]
-    t.add_row("SSAL where all heads agree", pct(c["kept_accuracy"]))
-    t.add_row("  share of images where they agree", pct(c["kept_fraction"]))
-    t.add_row("  fine head right where they disagree", pct(c["set_aside_fine_accuracy"]))
+    t.add_row("SSAL where all heads agree", _pct(c["kept_accuracy"]))
+    t.add_row("  share of images where they agree", _pct(c["kept_fraction"]))
+    t.add_row("  fine head right where they disagree", _pct(c["set_aside_fine_accuracy"]))
     console = _console()
     console.print(t)
     console.print(
@@ -282,6 +294,54 @@ def _print_demo(s: dict) -> None:
         "the paper's 1-2 point gain needs full-length training, so the accuracies above may "
         "go either way."
     )
+
+
+# ----------------------------------------------------------------------------------- study
+def cmd_study(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ssal.study import plan_runs, run_study
+
+    overrides = [a for a in (args.overrides or []) if a != "--"]
+    runs = plan_runs(args.config, args.seeds, args.name, args.grid or [], overrides)
+    console = _console()
+    summary = run_study(
+        runs, args.out, args.devices, args.baseline, args.max_runs, log=console.print
+    )
+    t = Table(title=f"study: {summary['finished_runs']} of {summary['planned_runs']} runs")
+    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to baseline's final"):
+        t.add_column(col)
+    for name, c in summary["configs"].items():
+        reach = c.get("epochs_to_baseline_final")
+        t.add_row(
+            name,
+            str(len(c["seeds"])),
+            _mean_std(c["fine_accuracy"]),
+            _mean_std(c["joint_accuracy"]),
+            _mean_std(reach, scale=1.0) if reach and reach["n"] else "-",
+        )
+    console.print(t)
+    d = Table(title=f"paired differences, b - a ({summary['interval']})")
+    for col in ("a", "b", "+TR diff (pts)", "+JP(b) - +TR(a) (pts)", "seeds"):
+        d.add_column(col)
+    for pair in summary["pairs"]:
+
+        def fmt(x: dict) -> str:
+            if x["ci95"][0] is None:
+                return f"{100 * x['mean']:+.2f}" if x["n"] else "-"
+            lo, hi = x["ci95"]
+            return f"{100 * x['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+        d.add_row(
+            pair["a"],
+            pair["b"],
+            fmt(pair["fine_difference"]),
+            fmt(pair["joint_vs_a_fine"]),
+            str(pair["fine_difference"]["n"]),
+        )
+    console.print(d)
+    console.print(f"wrote {Path(args.out) / 'study.json'}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------- export
@@ -385,6 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures to this JSON file")
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="configs x seeds: mean ± std and paired differences")
+    p.add_argument("--config", nargs="+", required=True, help="YAML configs (ssal fit)")
+    p.add_argument("--name", nargs="+", help="a name per config (default: file stems)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--grid", nargs="+", help="KEY=V1,V2: variants of every config")
+    p.add_argument("--baseline", help="config the others are compared with (default: first)")
+    p.add_argument("--out", required=True, help="study folder (runs resume from it)")
+    p.add_argument("--devices", type=int, default=0, help="GPUs to spread runs over")
+    p.add_argument("--max-runs", type=int, help="stop after this many new runs")
+    p.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="after --: options passed to every `ssal fit`"
+    )
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
