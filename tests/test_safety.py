@@ -111,6 +111,15 @@ def test_missing_dataset_files(trained, tmp_path, capsys):
     one_line_error(capsys, code, "test")
     code = main(["fit", "--config", str(config), "--data.init_args.data_dir", str(tmp_path / "x")])
     one_line_error(capsys, code, "cifar-100-python")
+    write_cifar100(tmp_path / "cut", n_train=20, n_test=10)
+    train = tmp_path / "cut" / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:1000])  # a truncated download
+    before = snapshot(tmp_path / "cut")
+    code = main(
+        ["fit", "--config", str(config), "--data.init_args.data_dir", str(tmp_path / "cut")]
+    )
+    one_line_error(capsys, code, "train")
+    assert snapshot(tmp_path / "cut") == before
 
 
 class DivergeAtEpoch(Callback):

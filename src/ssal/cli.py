@@ -306,7 +306,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     runs = plan_runs(args.config, args.seeds, args.name, args.grid or [], overrides)
     console = _console()
     summary = run_study(
-        runs, args.out, args.devices, args.baseline, args.max_runs, log=console.print
+        runs,
+        args.out,
+        args.devices,
+        args.baseline,
+        args.max_runs,
+        args.parallel,
+        log=console.print,
     )
     t = Table(title=f"study: {summary['finished_runs']} of {summary['planned_runs']} runs")
     for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to baseline's final"):
@@ -454,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="config the others are compared with (default: first)")
     p.add_argument("--out", required=True, help="study folder (runs resume from it)")
     p.add_argument("--devices", type=int, default=0, help="GPUs to spread runs over")
+    p.add_argument("--parallel", type=int, help="runs at a time (default: one per device)")
     p.add_argument("--max-runs", type=int, help="stop after this many new runs")
     p.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="after --: options passed to every `ssal fit`"

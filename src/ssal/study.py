@@ -295,9 +295,14 @@ def run_study(
     devices: int = 0,
     baseline: str | None = None,
     max_runs: int | None = None,
+    parallel: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Run what is not finished (in parallel over ``devices`` GPUs), then summarize."""
+    """Run what is not finished, then summarize.
+
+    ``parallel`` runs at a time (default: one per device), spread round-robin over ``devices``
+    GPUs; small models can share one GPU (``devices=1, parallel=3``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = load_results(runs, out)
@@ -318,8 +323,9 @@ def run_study(
             f"+JP {res['joint_accuracy']:.4f}  ({res['seconds']:.0f} s)"
         )
 
-    if devices > 1:
-        with ThreadPoolExecutor(devices) as pool:
+    workers = parallel or max(1, devices)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, enumerate(todo)))
     else:
         for item in enumerate(todo):
