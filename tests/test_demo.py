@@ -40,4 +40,9 @@ def test_demo_short_run_writes_everything(tmp_path, capsys):
     # the SSAL checkpoint evaluates to the demo's +TR figure
     ev = tmp_path / "ev.json"
     assert main(["evaluate", "--checkpoint", s["ssal_checkpoint"], "--json", str(ev)]) == 0
-    assert json.loads(ev.read_text())["fine_accuracy"] == pytest.approx(s["tr_accuracy"])
+    evaluated = json.loads(ev.read_text())
+    assert evaluated["fine_accuracy"] == pytest.approx(s["tr_accuracy"])
+    # the alpha chosen on the held-out split is stored in the checkpoint
+    assert evaluated["alpha"] == s["alpha"]
+    assert evaluated["joint_accuracy"] == pytest.approx(s["jp_accuracy"])
+    assert Path(s["report"]).is_file()

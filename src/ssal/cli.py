@@ -26,9 +26,9 @@ PAPER_PARAMS = {  # millions, from the paper's table: (baseline, with SSAL branc
 }
 
 
-def _pct(v: float) -> str:
-    """A fraction as a percentage; ``-`` for NaN (nothing to measure)."""
-    return "-" if v != v else f"{100 * v:.2f}%"
+def _pct(v: float | None) -> str:
+    """A fraction as a percentage; ``-`` for None or NaN (nothing to measure)."""
+    return "-" if v is None or v != v else f"{100 * v:.2f}%"
 
 
 def _mean_std(m: dict, scale: float = 100.0) -> str:
@@ -417,6 +417,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
+    from ssal.cli_report import add_commands
+
     parser = _Parser(prog="ssal", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -510,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+    add_commands(sub)
     return parser
 
 

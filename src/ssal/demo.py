@@ -21,7 +21,8 @@ from ssal.data import InMemoryDataModule
 from ssal.evaluate import evaluate_model, heldout_confusion
 from ssal.files import write_json
 from ssal.grouping import Grouping, save_groupings
-from ssal.train import SSALModule
+from ssal.report import write_report
+from ssal.train import SSALModule, set_checkpoint_alpha
 
 __all__ = ["DEMO_RECIPE", "run_demo"]
 
@@ -77,7 +78,8 @@ def run_demo(
     quiet: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Run the demo; write checkpoints, groupings, logs and ``summary.json`` under ``out``."""
+    """Run the demo; write checkpoints, groupings, logs, ``summary.json`` and ``report.html``
+    under ``out``."""
     say = log or (lambda *a: None)
     out = Path(out)
     start = time.perf_counter()
@@ -131,6 +133,7 @@ def run_demo(
         model.net, dm.heldout_dataloader(), prepare, 10, model.alpha, device, **bars
     )
     alpha = held["best_alpha"]
+    set_checkpoint_alpha(ssal_ckpt, alpha, "held-out split")  # evaluate/predict use it
     base_test = evaluate_model(base.net, dm.test_dataloader(), prepare, 10, 0.0, device, **bars)
     ssal_test = evaluate_model(model.net, dm.test_dataloader(), prepare, 10, alpha, device, **bars)
     for r in (base_test, ssal_test):
@@ -157,5 +160,17 @@ def run_demo(
         "ssal_train_seconds": round(ssal_time, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
     }
+    write_json(out / "summary.json", summary)
+    say(f"writing {out / 'report.html'}: plots and the paper's analysis, side by side")
+    report, _ = write_report(
+        [out / "baseline", out / "ssal"],
+        out / "report.html",
+        device=device,
+        datamodule=dm,
+        heldout={"ssal": held},
+        **bars,
+    )
+    summary["report"] = str(report)
+    summary["total_seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "summary.json", summary)
     return summary

@@ -34,6 +34,7 @@ __all__ = [
     "lr_factor",
     "read_checkpoint",
     "resolve_groupings",
+    "set_checkpoint_alpha",
 ]
 
 CHECKPOINT_KEY = "ssal"
@@ -376,6 +377,17 @@ def load_checkpoint(
     info["epoch"] = ckpt.get("epoch", info.get("epoch"))
     info["global_step"] = ckpt.get("global_step", info.get("global_step"))
     return model.eval(), info
+
+
+def set_checkpoint_alpha(path: str | Path, alpha: float, chosen_on: str) -> None:
+    """Store a tuned alpha in a checkpoint (atomically), so evaluation and predict use it."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    ckpt[CHECKPOINT_KEY]["alpha"] = float(alpha)
+    ckpt[CHECKPOINT_KEY]["alpha_chosen_on"] = chosen_on
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
 
 
 def export_checkpoint(path: str | Path, out: str | Path) -> Path:
