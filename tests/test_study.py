@@ -63,8 +63,9 @@ def test_study_runs_resumes_and_reports(tmp_path, capsys):
     )
     base, ssal = tmp_path / "base.yaml", tmp_path / "ssal.yaml"
     base.write_text(common + "model: {model: tiny-wrn, warmup_epochs: 1}\n")
-    ssal.write_text(common + "model: {model: tiny-wrn, warmup_epochs: 1, "
-                    "groupings: cifar100-superclasses}\n")
+    ssal.write_text(
+        common + "model: {model: tiny-wrn, warmup_epochs: 1, groupings: cifar100-superclasses}\n"
+    )
     out = tmp_path / "study"
     args = ["study", "--config", str(base), str(ssal), "--seeds", "0", "1", "--out", str(out)]
     assert main([*args, "--max-runs", "2"]) == 0  # stopped between runs
@@ -78,8 +79,10 @@ def test_study_runs_resumes_and_reports(tmp_path, capsys):
     for name in ("base", "ssal"):
         c = s["configs"][name]
         assert c["seeds"] == [0, 1] and len(c["curves"][0]) == 2
-        fine = [json.loads((out / name / f"seed{k}" / "eval.json").read_text())["fine_accuracy"]
-                for k in (0, 1)]
+        fine = [
+            json.loads((out / name / f"seed{k}" / "eval.json").read_text())["fine_accuracy"]
+            for k in (0, 1)
+        ]
         assert c["fine_accuracy"]["mean"] == pytest.approx(sum(fine) / 2)
     assert s["pairs"][0]["a"] == "base" and s["pairs"][0]["fine_difference"]["n"] == 2
     printed = capsys.readouterr().out
