@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from ssal.cli import _console, _device, _pct
+from ssal.cli import _console, _data_args, _device, _pct
 from ssal.files import write_json
 
 __all__ = ["add_commands", "cmd_predict", "cmd_report"]
@@ -153,13 +153,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", help="HTML file to write (default: report.html in the first RUN_DIR)")
     p.add_argument("--json", help="also write the plotted data to this JSON file")
     p.add_argument("--alpha", type=float, help="fixed alpha (default: chosen on held-out split)")
-    p.add_argument(
-        "--data.data_dir",
-        "--data-dir",
-        dest="data.data_dir",
-        help="data folder (default: the one the checkpoint was trained on)",
-    )
-    p.add_argument("--batch-size", type=int, help="evaluation batch size")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    _data_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_report)
