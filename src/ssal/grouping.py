@@ -182,6 +182,17 @@ class Grouping:
         }
 
     @classmethod
+    def from_dict(cls, d: dict, assignment: np.ndarray | None = None) -> Grouping:
+        """Inverse of ``to_dict`` (``assignment``: an already checked array to use instead)."""
+        a = np.asarray(d["assignment"]) if assignment is None else assignment
+        return cls(
+            a,
+            name=str(d.get("name", "")),
+            mode=str(d.get("mode", "given")),
+            num_groups=int(d.get("num_groups") or 0),
+        )
+
+    @classmethod
     def from_confusion(
         cls,
         confusion: np.ndarray,
@@ -253,14 +264,7 @@ def load_groupings(
             raise ValueError(f"{path}: grouping {i} has no 'assignment'")
         label = f"{path}: grouping {entry.get('name', i)!r}"
         a = check_assignment(entry["assignment"], c, entry.get("num_groups"), what=label)
-        out.append(
-            Grouping(
-                a,
-                name=str(entry.get("name", "")),
-                mode=str(entry.get("mode", "given")),
-                num_groups=int(entry.get("num_groups") or a.max() + 1),
-            )
-        )
+        out.append(Grouping.from_dict(entry, a))
     if not out:
         raise ValueError(f"{path}: holds no groupings")
     return out, names

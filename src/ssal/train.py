@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
@@ -283,7 +282,7 @@ class SSALModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get(CHECKPOINT_KEY) or {}
-        groupings = [_grouping_from_dict(d) for d in info.get("groupings", [])]
+        groupings = [Grouping.from_dict(d) for d in info.get("groupings", [])]
         if [g.assignment.tolist() for g in groupings] != [
             g.assignment.tolist() for g in self.groupings
         ]:
@@ -291,15 +290,6 @@ class SSALModule(L.LightningModule):
         self.class_names = info.get("class_names")
         self.normalization = info.get("normalization")
         self.data_config = info.get("data")
-
-
-def _grouping_from_dict(d: dict[str, Any]) -> Grouping:
-    return Grouping(
-        np.asarray(d["assignment"]),
-        name=d.get("name", ""),
-        mode=d.get("mode", "given"),
-        num_groups=int(d.get("num_groups") or 0),
-    )
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -357,7 +347,7 @@ def load_checkpoint(
         info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
     info = dict(info)
     try:
-        groupings = [_grouping_from_dict(d) for d in info["groupings"]] or None
+        groupings = [Grouping.from_dict(d) for d in info["groupings"]] or None
         model = create_model(
             info["model"],
             info["num_classes"],
