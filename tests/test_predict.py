@@ -51,3 +51,18 @@ def test_structured_prediction_agreement():
     assert s.consistent.tolist() == [True, False]
     torch.testing.assert_close(s.fine_prob, torch.softmax(fine, -1).max(-1).values)
     assert s.joint_class.tolist() == [0, 2]
+
+
+def test_metrics_alpha_grid_matches_joint_prediction():
+    from ssal.metrics import SSALMetrics
+
+    torch.manual_seed(3)
+    groupings = [np.arange(12) % 2, np.arange(12) % 5]
+    fine, branches = torch.randn(64, 12), [torch.randn(64, 2) * 3, torch.randn(64, 5) * 3]
+    target = torch.randint(0, 12, (64,))
+    m = SSALMetrics([torch.as_tensor(g) for g in groupings], 12, alpha=0.3)
+    m.update(fine, branches, target)
+    by_alpha = m.compute()["joint_accuracy_by_alpha"]
+    for a in (0.0, 0.3, 0.65, 1.0):
+        jp = joint_log_probs(fine, branches, groupings, a).argmax(-1)
+        assert by_alpha[f"{a:g}"] == (jp == target).float().mean().item()

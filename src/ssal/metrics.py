@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from ssal.predict import joint_log_probs, structured_predict
+from ssal.predict import branch_log_probs, structured_predict
 
 __all__ = ["SSALMetrics", "ALPHA_GRID"]
 
@@ -80,8 +80,15 @@ class SSALMetrics(Metric):
             aside = ~s.consistent
             self.aside_branch_correct += (branch_ok & aside[:, None]).sum(0)
             self.aside_joint_correct += ((s.joint_class == target) & aside).sum()
+            # log-probabilities once; each alpha only rescales the branches' sum (the argmax
+            # needs no renormalisation)
+            fine_lp = torch.log_softmax(logits.float(), dim=-1)
+            prior = sum(
+                branch_log_probs(b, g, self.num_classes)
+                for b, g in zip(branch_logits, groups, strict=True)
+            )
             for k, a in enumerate(self.alpha_grid):
-                jp = joint_log_probs(logits, branch_logits, groups, a).argmax(-1)
+                jp = (fine_lp + a * prior).argmax(-1)
                 self.grid_correct[k] += (jp == target).sum()
         else:
             self.grid_correct += fine_ok.sum()

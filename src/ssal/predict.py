@@ -21,6 +21,7 @@ from ssal.grouping import Grouping
 
 __all__ = [
     "StructuredPrediction",
+    "branch_log_probs",
     "describe_predictions",
     "joint_log_probs",
     "joint_predict",
@@ -60,11 +61,18 @@ def joint_log_probs(
     out = torch.log_softmax(fine_logits.float(), dim=-1)
     for a, b, g in zip(_alphas(alpha, len(groupings)), branch_logits, groupings, strict=True):
         if a:
-            idx = _index(g, out.device)
-            if idx.numel() != out.shape[-1]:
-                raise ValueError(f"grouping covers {idx.numel()} classes, logits {out.shape[-1]}")
-            out = out + a * torch.log_softmax(b.float(), dim=-1).index_select(-1, idx)
+            out = out + a * branch_log_probs(b, g, out.shape[-1])
     return torch.log_softmax(out, dim=-1)
+
+
+def branch_log_probs(
+    branch_logits: torch.Tensor, grouping: GroupingLike, num_classes: int
+) -> torch.Tensor:
+    """``log softmax(branch)[g[c]]`` for every class c: ``(N, G)`` -> ``(N, C)`` (one gather)."""
+    idx = _index(grouping, branch_logits.device)
+    if idx.numel() != num_classes:
+        raise ValueError(f"grouping covers {idx.numel()} classes, logits {num_classes}")
+    return torch.log_softmax(branch_logits.float(), dim=-1).index_select(-1, idx)
 
 
 def joint_predict(
