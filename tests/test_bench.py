@@ -108,3 +108,34 @@ def test_bench_cpu_writes_every_key(tmp_path):
     assert r["speedup"] == pytest.approx(
         r["train_images_per_s"] / r["reference_train_images_per_s"]
     )
+
+
+def test_bench_profile_shows_where_the_step_goes(tmp_path):
+    from ssal.bench import run_bench
+
+    r = run_bench(
+        "tiny-wrn",
+        ssal=True,
+        batch_size=4,
+        steps=2,
+        warmup=1,
+        reference=False,
+        compile_mode="default",
+        profile=tmp_path / "prof",
+    )
+    assert r["compile_mode"] is None  # the mode only counts when compiling
+    assert set(r["profile"]) == {"model", "backbone"}
+    for part in ("model", "backbone"):
+        folder = tmp_path / "prof" / part
+        table = (folder / "fit-profile.txt").read_text()
+        assert "aten::convolution_backward" in table and "Optimizer.step" in table
+        assert list(folder.glob("*.pt.trace.json"))  # for Perfetto / chrome://tracing
+
+
+def test_compile_mode_is_checked():
+    from ssal.train import SSALModule
+
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        SSALModule("tiny-wrn", 10, compile_mode="fastest")
+    m = SSALModule("tiny-wrn", 10, compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert m.hparams.compile_mode == "max-autotune-no-cudagraphs"

@@ -666,3 +666,64 @@ def test_image_folder_missing(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(str(tmp_path), num_workers=0)
     with pytest.raises(FileNotFoundError, match=r"val not found; expected .*/train/<class>"):
         dm.setup()
+
+
+def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
+    """decode_on_device: workers read bytes; decoding and cropping happen after transfer, with
+    the same result as the CPU path where no randomness is involved."""
+    import lightning as L
+    from PIL import Image
+
+    from ssal.data import decode_images
+    from ssal.train import SSALModule
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                smooth = np.kron(rng.integers(0, 256, (8, 10, 3)), np.ones((5, 5, 1)))
+                img = Image.fromarray(smooth.astype(np.uint8))
+                if i == 0:  # a grayscale JPEG and a PNG among the JPEGs
+                    img.convert("L").save(folder / f"{i}.jpg", quality=95)
+                elif i == 1:
+                    img.save(folder / f"{i}.png")
+                else:
+                    img.save(folder / f"{i}.jpg", quality=95)
+    kwargs = dict(image_size=16, batch_size=4, eval_batch_size=4, num_workers=0, heldout=0)
+    dm = ImageFolderDataModule(str(tmp_path), decode_on_device=True, **kwargs)
+    encoded, labels = next(iter(dm.train_dataloader()))
+    assert isinstance(encoded, list) and all(e.dtype == torch.uint8 for e in encoded)
+    images, moved = dm.transfer_batch_to_device((encoded, labels), torch.device("cpu"), 0)
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
+    assert torch.equal(moved, labels)
+    # Decoding and evaluation crops equal the CPU path's (PIL) up to resampling differences.
+    cpu = ImageFolderDataModule(str(tmp_path), **kwargs)
+    cpu.setup()
+    files = [path for path, _ in cpu.val_set.samples]
+    from torchvision.io import read_file
+
+    decoded = decode_images([read_file(f) for f in files], torch.device("cpu"))
+    for f, img in zip(files, decoded, strict=True):
+        pil = np.asarray(Image.open(f).convert("RGB"))
+        assert np.abs(img.permute(1, 2, 0).numpy().astype(int) - pil).max() <= 1
+    ours = dm.crop_batch(decoded, train=False).float()
+    reference = torch.stack([cpu.val_set[i][0] for i in range(len(files))]).float()
+    assert (ours - reference).abs().mean() < 2.0  # of 255 levels
+    # the validation loader is untouched: already decoded uint8 batches
+    val_images, _ = next(iter(dm.val_dataloader()))
+    assert val_images.shape == (4, 3, 16, 16)
+    # Lightning trains on it end to end
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+    )
+    trainer.fit(SSALModule("tiny-wrn", 2, in_channels=3, warmup_epochs=1), dm)
+    assert trainer.global_step == 2

@@ -5,6 +5,7 @@ import pytest
 
 from ssal.cli import main
 from ssal.study import epochs_to_reach, mean_std, paired_difference, summarize, t_quantile
+from ssal.study_report import build_study_report, verdict
 from tests.test_data import write_cifar100
 
 
@@ -28,7 +29,14 @@ def test_paired_difference_by_hand():
 
 def test_summarize_by_hand():
     def res(fine, joint, curve):
-        return {"fine_accuracy": fine, "joint_accuracy": joint, "alpha": 0.3, "curve": curve}
+        branches = [0.95] if joint != fine else []
+        return {
+            "fine_accuracy": fine,
+            "joint_accuracy": joint,
+            "alpha": 0.3,
+            "curve": curve,
+            "branch_accuracy": branches,
+        }
 
     results = {
         ("base", 0): res(0.90, 0.90, [0.80, 0.85, 0.90]),
@@ -48,6 +56,15 @@ def test_summarize_by_hand():
     assert pair["fine_difference"]["mean"] == pytest.approx(0.01)
     assert pair["joint_vs_a_fine"]["mean"] == pytest.approx(0.03)
     assert ssal["curve_mean"] == pytest.approx([0.88, 0.905, 0.92])
+    assert ssal["per_seed"] == {"fine": [0.91, 0.93], "joint": [0.93, 0.95]}
+    assert ssal["has_branches"] and not base["has_branches"]
+    vs = s["vs_baseline"]["ssal"]  # both heads against the baseline's fine head, seed by seed
+    assert vs["fine_difference"]["mean"] == pytest.approx(0.01)
+    assert vs["fine_difference"]["std"] == pytest.approx(0.0, abs=1e-12)
+    assert vs["joint_difference"]["mean"] == pytest.approx(0.03)
+    assert list(s["vs_baseline"]) == ["ssal"]
+    with pytest.raises(ValueError, match="not one of the configs"):
+        summarize(results, ["base", "ssal"], baseline="other")
     assert mean_std([1.0])["std"] != mean_std([1.0])["std"]  # NaN for one seed
     assert epochs_to_reach([0.1, 0.5], 0.6) is None
 
@@ -86,4 +103,96 @@ def test_study_runs_resumes_and_reports(tmp_path, capsys):
         assert c["fine_accuracy"]["mean"] == pytest.approx(sum(fine) / 2)
     assert s["pairs"][0]["a"] == "base" and s["pairs"][0]["fine_difference"]["n"] == 2
     printed = capsys.readouterr().out
-    assert "paired differences" in printed and "+JP" in printed
+    assert "minus base's +TR" in printed and "+JP" in printed
+    assert s["vs_baseline"]["ssal"]["fine_difference"]["n"] == 2
+
+
+def _study(seeds_b: list[float], seeds_s: list[float], curves: bool = True) -> dict:
+    results = {}
+    for k, (fb, fs) in enumerate(zip(seeds_b, seeds_s, strict=True)):
+        results[("baseline", k)] = {
+            "fine_accuracy": fb,
+            "joint_accuracy": fb,
+            "alpha": 0.3,
+            "curve": [fb - 0.1, fb] if curves else [],
+            "branch_accuracy": [],
+        }
+        results[("ssal", k)] = {
+            "fine_accuracy": fs,
+            "joint_accuracy": fs + 0.01,
+            "alpha": 0.1,
+            "curve": [fs - 0.05, fs] if curves else [],
+            "branch_accuracy": [0.97],
+        }
+    return summarize(results, ["baseline", "ssal"])
+
+
+def test_verdict_follows_the_interval():
+    gain = paired_difference({0: 0.80, 1: 0.81, 2: 0.82}, {0: 0.83, 1: 0.835, 2: 0.845})
+    loss = paired_difference({0: 0.83, 1: 0.835, 2: 0.845}, {0: 0.80, 1: 0.81, 2: 0.82})
+    unclear = paired_difference({0: 0.80, 1: 0.81, 2: 0.82}, {0: 0.83, 1: 0.79, 2: 0.82})
+    assert gain["ci95"][0] > 0 and verdict(gain) == "gain"
+    assert loss["ci95"][1] < 0 and verdict(loss) == "loss"
+    assert verdict(unclear) == "no difference"
+    assert verdict(paired_difference({0: 0.5}, {0: 0.6})) == "needs 2+ seeds"
+
+
+def test_study_report_holds_what_it_plots():
+    summary = _study([0.90, 0.91, 0.92], [0.92, 0.925, 0.935])
+    page, data = build_study_report(summary, "study <x>")
+    assert page.count("data:image/png;base64,") == 3  # differences, accuracy, convergence
+    assert "<title>study &lt;x&gt;</title>" in page and "<h1>study <x>" not in page
+    embedded = json.loads(page.split('id="ssal-data">')[1].split("</script>")[0])
+    assert embedded == json.loads(json.dumps(data))
+    # the forest plot's rows are the paired differences in points, with their intervals
+    rows = {(r["config"], r["head"]): r for r in data["differences"]["rows"]}
+    d = summary["vs_baseline"]["ssal"]["joint_difference"]
+    assert rows[("ssal", "+JP")]["mean"] == pytest.approx(100 * d["mean"])
+    assert rows[("ssal", "+JP")]["ci95"] == pytest.approx([100 * v for v in d["ci95"]])
+    assert ("baseline", "+TR") not in rows
+    # the accuracy plot: each seed, and mean ± std, in points; no +JP for the baseline
+    assert data["accuracy"]["fine"]["ssal"]["seeds"] == pytest.approx([92.0, 92.5, 93.5])
+    assert data["accuracy"]["fine"]["baseline"]["std"] == pytest.approx(1.0)
+    assert "baseline" not in data["accuracy"]["joint"]
+    # convergence: the mean curve per epoch, and the baseline's final accuracy as the target
+    conv = data["convergence"]
+    assert conv["target"] == pytest.approx(91.0)
+    assert conv["configs"]["ssal"]["mean"] == pytest.approx([87.6667, 92.6667], abs=1e-3)
+    assert "gain" in page  # +JP: +1.67 points, interval above zero with these seeds
+
+
+def test_study_report_without_curves_or_intervals():
+    page, data = build_study_report(_study([0.90], [0.91], curves=False), "one seed")
+    assert data["convergence"]["configs"] == {}
+    assert "test accuracy per epoch: nothing to plot" in page
+    assert "needs 2+ seeds" in page and "(one seed)" in page
+
+
+def test_report_cli_on_a_study(tmp_path, capsys):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    summary = _study([0.90, 0.91], [0.92, 0.925])
+    (folder / "study.json").write_text(json.dumps(summary))
+    assert main(["report", str(folder), "--json", str(tmp_path / "plotted.json")]) == 0
+    captured = capsys.readouterr()
+    assert "90.50 ± 0.71" in captured.out  # the baseline's +TR over its two seeds
+    assert "+2.75 [" in captured.out  # ssal's +JP minus the baseline's +TR, with its interval
+    assert (folder / "report.html").is_file() and "report.html" in captured.err
+    plotted = json.loads((tmp_path / "plotted.json").read_text())
+    assert plotted["kind"] == "study" and plotted["summary"]["baseline"] == "baseline"
+    out = tmp_path / "elsewhere.html"
+    assert main(["report", str(folder / "study.json"), "--out", str(out)]) == 0
+    assert out.is_file()
+    # mistakes end in one line, exit 2, and leave the study alone
+    before = (folder / "study.json").read_text()
+    old = dict(summary)
+    del old["vs_baseline"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert main(["report", str(tmp_path / "old.json")]) == 2
+    assert "older ssal" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["report", str(tmp_path / "bad.json")]) == 2
+    assert "not a readable study.json" in capsys.readouterr().err
+    assert main(["report", str(folder), str(tmp_path)]) == 2
+    assert "one study" in capsys.readouterr().err
+    assert (folder / "study.json").read_text() == before

@@ -130,6 +130,23 @@ class _Timer(Callback):
         self.end = time.perf_counter()
 
 
+def _profiler(folder: Path, device: torch.device, warmup: int, steps: int) -> Any:
+    """Lightning's PyTorch profiler over ``steps`` training steps after ``warmup``: a table
+    of the most expensive operators (``*.txt``) and a trace for Perfetto/Chrome (``*.json``).
+    """
+    from lightning.pytorch.profilers import PyTorchProfiler
+
+    return PyTorchProfiler(
+        dirpath=folder,
+        filename="profile",
+        schedule=torch.profiler.schedule(wait=max(0, warmup - 1), warmup=1, active=steps),
+        sort_by_key="cuda_time_total" if device.type == "cuda" else "cpu_time_total",
+        row_limit=40,
+        record_module_names=False,  # module hooks would break the compiled graph
+        export_to_chrome=True,
+    )
+
+
 class _SyntheticData(InMemoryDataModule):
     """The in-memory datamodule over given arrays (no files)."""
 
@@ -173,6 +190,8 @@ def _ours(
     compile: bool,
     channels_last: bool,
     measure_eval: bool = True,
+    compile_mode: str | None = None,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     module = SSALModule(
         name,
@@ -182,6 +201,7 @@ def _ours(
         lr=0.01,
         warmup_epochs=1,
         compile=compile,
+        compile_mode=compile_mode,
         channels_last=channels_last,
     )
     timer = _Timer(warmup)
@@ -197,6 +217,8 @@ def _ours(
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[timer],
+        benchmark=device.type == "cuda",  # cuDNN picks kernels for each conv shape by timing
+        profiler=_profiler(profile, device, warmup, steps) if profile else None,
     )
     dm = _SyntheticData(data, batch, None)
     if device.type == "cuda":
@@ -312,8 +334,14 @@ def run_bench(
     num_classes: int | None = None,
     reference: bool = True,
     reference_workers: int | None = None,
+    compile_mode: str | None = None,
+    profile: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Measure one model; returns the JSON document of ``ssal bench``."""
+    """Measure one model; returns the JSON document of ``ssal bench``.
+
+    ``profile``: a folder for operator tables and traces of a few extra, untimed steps of our
+    path (``model/`` and, with ``ssal``, ``backbone/``), to see where a step's time goes.
+    """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
@@ -359,6 +387,7 @@ def run_bench(
             precision,
             compile,
             channels_last,
+            compile_mode=compile_mode,
         )
         result: dict[str, Any] = {
             "model": model,
@@ -368,6 +397,7 @@ def run_bench(
             "torch": torch.__version__,
             "precision": precision,
             "compile": compile,
+            "compile_mode": compile_mode if compile else None,
             "channels_last": channels_last,
             "batch_size": batch_size,
             "steps": steps,
@@ -398,6 +428,7 @@ def run_bench(
                 precision,
                 compile,
                 channels_last,
+                compile_mode=compile_mode,
             )
             result["baseline_train_images_per_s"] = base["train_images_per_s"]
             result["baseline_train_step_ms"] = base["train_step_ms"]
@@ -405,6 +436,29 @@ def run_bench(
             result["ssal_overhead"] = 1 - base["train_step_ms"] / ours["train_step_ms"]
         else:
             result["ssal_overhead"] = 0.0
+
+        if profile:
+            result["profile"] = {}
+            runs = [("model", gfile)] + ([("backbone", None)] if ssal else [])
+            for part, g in runs:
+                folder = Path(profile) / part
+                _ours(
+                    model,
+                    classes,
+                    g,
+                    data,
+                    batch_size,
+                    min(steps, 5),
+                    warmup,
+                    dev,
+                    precision,
+                    compile,
+                    channels_last,
+                    measure_eval=False,
+                    compile_mode=compile_mode,
+                    profile=folder,
+                )
+                result["profile"][part] = str(folder)
 
         if reference:
             workers = reference_workers

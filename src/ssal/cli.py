@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -298,8 +299,6 @@ def _print_demo(s: dict) -> None:
 
 # ----------------------------------------------------------------------------------- study
 def cmd_study(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from ssal.study import plan_runs, run_study
 
     overrides = [a for a in (args.overrides or []) if a != "--"]
@@ -314,40 +313,45 @@ def cmd_study(args: argparse.Namespace) -> int:
         args.parallel,
         log=console.print,
     )
-    t = Table(title=f"study: {summary['finished_runs']} of {summary['planned_runs']} runs")
-    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to baseline's final"):
-        t.add_column(col)
-    for name, c in summary["configs"].items():
-        reach = c.get("epochs_to_baseline_final")
-        t.add_row(
-            name,
-            str(len(c["seeds"])),
-            _mean_std(c["fine_accuracy"]),
-            _mean_std(c["joint_accuracy"]),
-            _mean_std(reach, scale=1.0) if reach and reach["n"] else "-",
-        )
-    console.print(t)
-    d = Table(title=f"paired differences, b - a ({summary['interval']})")
-    for col in ("a", "b", "+TR diff (pts)", "+JP(b) - +TR(a) (pts)", "seeds"):
-        d.add_column(col)
-    for pair in summary["pairs"]:
-
-        def fmt(x: dict) -> str:
-            if x["ci95"][0] is None:
-                return f"{100 * x['mean']:+.2f}" if x["n"] else "-"
-            lo, hi = x["ci95"]
-            return f"{100 * x['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-
-        d.add_row(
-            pair["a"],
-            pair["b"],
-            fmt(pair["fine_difference"]),
-            fmt(pair["joint_vs_a_fine"]),
-            str(pair["fine_difference"]["n"]),
-        )
-    console.print(d)
+    print_study(summary, console)
     console.print(f"wrote {Path(args.out) / 'study.json'}")
     return 0
+
+
+def print_study(summary: dict, console: Any = None) -> None:
+    """The study tables: per config mean ± std, then differences with their 95% intervals.
+
+    Laid out to fit an 80-column terminal; the HTML report (``ssal report``) has every column.
+    """
+    from rich.table import Table
+
+    from ssal.study_report import config_rows, difference_rows, pair_rows
+
+    console = console or _console()
+    done = summary.get("finished_runs")
+    runs = f"{done} of {summary.get('planned_runs')} runs, " if done is not None else ""
+    t = Table(title=f"study: {runs}test accuracy, mean ± std over seeds")
+    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to base"):
+        t.add_column(col, justify="left" if col == "config" else "right", no_wrap=col != "config")
+    for name, seeds, tr, jp, _alpha, reach, _seconds in config_rows(summary):
+        t.add_row(name, seeds, tr, jp, reach)
+    console.print(t)
+    base = summary["baseline"]
+    d = Table(title=f"minus {base}'s +TR, points: {summary['interval']}")
+    for col in ("config", "head", "difference [95% CI]", "shows", "seeds"):
+        d.add_column(col, justify="left" if col in ("config", "head") else "right")
+    for name, tr, tr_shows, jp, jp_shows, n in difference_rows(summary):
+        d.add_row(name, "+TR", tr, tr_shows, n)
+        if jp != "-":
+            d.add_row("", "+JP", jp, jp_shows, n)
+    console.print(d)
+    if len(summary["configs"]) > 2:
+        pt = Table(title="all pairs, b - a, points")
+        for col in ("a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)"):
+            pt.add_column(col)
+        for a, b, tr, jp, _ in pair_rows(summary):
+            pt.add_row(a, b, tr, jp)
+        console.print(pt)
 
 
 # ---------------------------------------------------------------------------------- export
@@ -393,6 +397,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         reference=not args.no_reference,
         reference_workers=args.reference_workers,
+        compile_mode=args.compile_mode,
+        profile=args.profile,
     )
     if args.json:
         write_json(args.json, result)
@@ -496,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "bf16"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode (the last three tune kernels; the middle two add CUDA graphs)",
+    )
+    p.add_argument("--profile", metavar="DIR", help="also write operator tables and traces here")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: table)")
     p.add_argument("--num-classes", type=int)

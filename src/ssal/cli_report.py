@@ -1,7 +1,7 @@
 """``ssal predict`` and ``ssal report``: what a trained model answers, and why to trust it.
 
 ``predict`` prints structured predictions for image files (a table, or JSON with ``--json``);
-``report`` writes one self-contained HTML page for one or more run folders.
+``report`` writes one self-contained HTML page for one or more run folders, or for a study.
 """
 
 from __future__ import annotations
@@ -68,9 +68,12 @@ def _print_predictions(doc: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    """Evaluate run folders and write one HTML report; print the headline numbers."""
+    """Evaluate run folders (or read a study) and write one HTML report; print the numbers."""
     from ssal.report import write_report
+    from ssal.study_report import find_study
 
+    if any(find_study(p) for p in args.runs):
+        return _report_study(args)
     path, data = write_report(
         args.runs,
         args.out,
@@ -83,6 +86,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, data)
     _print_report(data)
+    _console(stderr=True).print(f"wrote {path}")
+    return 0
+
+
+def _report_study(args: argparse.Namespace) -> int:
+    from ssal.cli import print_study
+    from ssal.study_report import write_study_report
+
+    if len(args.runs) > 1:
+        raise ValueError("give one study folder (or study.json), or run folders without a study")
+    path, data, summary = write_study_report(args.runs[0], args.out)
+    if args.json:
+        write_json(args.json, data)
+    print_study(summary)
     _console(stderr=True).print(f"wrote {path}")
     return 0
 
@@ -148,7 +165,8 @@ def add_commands(sub: Any) -> None:
         "runs",
         nargs="+",
         metavar="RUN_DIR",
-        help="run folders (ssal demo's folder reports its baseline and SSAL runs)",
+        help="run folders (ssal demo's folder reports its baseline and SSAL runs), or one "
+        "ssal study folder (or its study.json)",
     )
     p.add_argument("--out", help="HTML file to write (default: report.html in the first RUN_DIR)")
     p.add_argument("--json", help="also write the plotted data to this JSON file")

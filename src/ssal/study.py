@@ -242,6 +242,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Per config mean ± std over seeds, convergence, and paired differences between configs."""
     baseline = baseline or names[0]
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not one of the configs {list(names)}")
     configs: dict[str, Any] = {}
     fine: dict[str, dict[int, float]] = {}
     joint: dict[str, dict[int, float]] = {}
@@ -252,8 +254,11 @@ def summarize(
         curves = [results[(name, s)].get("curve", []) for s in seeds]
         configs[name] = {
             "seeds": seeds,
+            "has_branches": any(results[(name, s)].get("branch_accuracy") for s in seeds),
             "fine_accuracy": mean_std(list(fine[name].values())),
             "joint_accuracy": mean_std(list(joint[name].values())),
+            "per_seed": {"fine": list(fine[name].values()), "joint": list(joint[name].values())},
+            "seconds": mean_std([results[(name, s)].get("seconds", math.nan) for s in seeds]),
             "alpha": [results[(name, s)]["alpha"] for s in seeds],
             "curve_mean": [float(np.mean(c)) for c in zip(*curves, strict=False)] if curves else [],
             "curves": curves,
@@ -280,10 +285,19 @@ def summarize(
                     "joint_vs_a_fine": paired_difference(fine[a], joint[b]),
                 }
             )
+    vs_baseline = {
+        name: {
+            "fine_difference": paired_difference(fine[baseline], fine[name]),
+            "joint_difference": paired_difference(fine[baseline], joint[name]),
+        }
+        for name in names
+        if name != baseline and baseline in fine
+    }
     return {
         "baseline": baseline,
         "baseline_final_accuracy": target,
         "configs": configs,
+        "vs_baseline": vs_baseline,
         "pairs": pairs,
         "interval": "95% paired t-interval over seeds (Student's t)",
     }
@@ -303,6 +317,9 @@ def run_study(
     ``parallel`` runs at a time (default: one per device), spread round-robin over ``devices``
     GPUs; small models can share one GPU (``devices=1, parallel=3``).
     """
+    names = list(dict.fromkeys(r.name for r in runs))
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"--baseline {baseline!r} is not one of the configs {names}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = load_results(runs, out)
@@ -330,7 +347,6 @@ def run_study(
     else:
         for item in enumerate(todo):
             one(item)
-    names = list(dict.fromkeys(r.name for r in runs))
     results = load_results(runs, out)
     summary = summarize(results, names, baseline)
     summary["finished_runs"] = len(results)

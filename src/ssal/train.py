@@ -66,6 +66,10 @@ def resolve_groupings(spec: str | None, num_classes: int) -> list[Grouping] | No
     return groupings
 
 
+# torch.compile's modes; "reduce-overhead" and "max-autotune" add CUDA graphs.
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class SSALModule(L.LightningModule):
     """Trains a registered model as a baseline (``groupings=None``) or with SSAL branches.
 
@@ -73,9 +77,10 @@ class SSALModule(L.LightningModule):
     ``auto`` (``ssal fit`` trains a short baseline probe first and groups its held-out
     confusion) or ``None``. With fewer groupings than the model has branch positions, the
     deepest positions are used. ``compile`` and ``channels_last`` default to on for CUDA
-    devices and off elsewhere. ``weight_decay``/``branch_weight_decay`` are PyTorch
-    ``weight_decay`` values (a Keras ``l2(wd)`` is ``2 * wd``) applied to conv and linear
-    weights; norm layers and biases get none unless ``decay_norm_and_bias``.
+    devices and off elsewhere; ``compile_mode`` is ``torch.compile``'s ``mode``.
+    ``weight_decay``/``branch_weight_decay`` are PyTorch ``weight_decay`` values (a Keras
+    ``l2(wd)`` is ``2 * wd``) applied to conv and linear weights; norm layers and biases get
+    none unless ``decay_norm_and_bias``.
     """
 
     def __init__(
@@ -103,9 +108,12 @@ class SSALModule(L.LightningModule):
         schedule_interval: Literal["epoch", "step"] = "epoch",
         bn_momentum: float | None = None,
         compile: bool | None = None,
+        compile_mode: str | None = None,
         channels_last: bool | None = None,
     ) -> None:
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.save_hyperparameters()
         self.entry = get_entry(model)
         self.alpha = self.entry.alpha if alpha is None else float(alpha)
@@ -158,7 +166,7 @@ class SSALModule(L.LightningModule):
 
     def _forward_net(self) -> nn.Module:
         if self._switch("compile") and not self._compiled:
-            self._compiled.append(torch.compile(self.net))
+            self._compiled.append(torch.compile(self.net, mode=self.hparams.compile_mode))
         return self._compiled[0] if self._compiled else self.net
 
     def forward(self, x: torch.Tensor):  # noqa: ANN201 - SSALOutput

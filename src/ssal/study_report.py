@@ -1,0 +1,352 @@
+"""``ssal report STUDY``: a study's ``study.json`` as one self-contained HTML page.
+
+The page shows, per config, +TR and +JP accuracy as mean ± std over seeds with every seed's
+value, the paired difference of each config from the baseline with its 95% interval (a forest
+plot: an interval that excludes zero is a gain or a loss the seeds can tell apart), the test
+accuracy per epoch (mean ± std band, with the baseline's final accuracy as the bar to reach),
+and the epochs each config needs to reach it. Nothing is re-evaluated: ``study.json`` already
+holds every number, so the report takes a second. As in :mod:`ssal.report`, every plotted
+number is embedded as JSON in ``<script type="application/json" id="ssal-data">``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssal.files import write_text
+from ssal.report import CSS, DATA_ELEMENT_ID, _figure, _img, _jsonable, _png, _table
+
+__all__ = [
+    "build_study_report",
+    "config_rows",
+    "difference_rows",
+    "find_study",
+    "plot_convergence",
+    "plot_differences",
+    "pair_rows",
+    "plot_study_accuracy",
+    "read_study",
+    "verdict",
+    "write_study_report",
+]
+
+STUDY_FILE = "study.json"
+_REQUIRED = ("baseline", "configs", "vs_baseline", "pairs", "interval")
+
+
+def find_study(path: str | Path) -> Path | None:
+    """``study.json`` for a study folder or the file itself; None when ``path`` is no study."""
+    p = Path(path)
+    if p.is_dir() and (p / STUDY_FILE).is_file():
+        return p / STUDY_FILE
+    if p.is_file() and p.suffix == ".json":
+        return p
+    return None
+
+
+def read_study(path: str | Path) -> dict[str, Any]:
+    """Read and check a ``study.json`` written by ``ssal study``."""
+    file = find_study(path)
+    if file is None:
+        raise FileNotFoundError(f"no {STUDY_FILE} in {path}")
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: not a readable study.json ({exc})") from None
+    if not isinstance(summary, dict) or "configs" not in summary:
+        raise ValueError(f"{file}: not a study.json written by ssal study")
+    missing = [k for k in _REQUIRED if k not in summary]
+    if missing:
+        raise ValueError(
+            f"{file}: written by an older ssal (no {', '.join(missing)}); run the same ssal study "
+            "command again to rewrite it (finished runs are not redone)"
+        )
+    if not summary["configs"]:
+        raise ValueError(f"{file}: the study has no finished runs yet")
+    return summary
+
+
+# ----------------------------------------------------------------------------------- plots
+def _finite(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def plot_study_accuracy(summary: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """+TR and +JP per config: mean with ± std error bars, each seed as a dot."""
+    names = list(summary["configs"])
+    fig = _figure(max(4.5, 1.3 * len(names) + 2.0), 3.4)
+    ax = fig.subplots()
+    data: dict[str, Any] = {"configs": names, "fine": {}, "joint": {}}
+    heads = (
+        ("fine", "fine_accuracy", "+TR (fine head)", "C0", -0.12),
+        ("joint", "joint_accuracy", "+JP (joint)", "C1", 0.12),
+    )
+    for key, field, label, color, dx in heads:
+        for i, name in enumerate(names):
+            c = summary["configs"][name]
+            if key == "joint" and not c.get("has_branches"):
+                continue
+            m = c[field]
+            mean, std = 100 * _finite(m["mean"]), 100 * _finite(m["std"])
+            seeds = [100 * v for v in c["per_seed"][key]]
+            ax.errorbar(
+                i + dx,
+                mean,
+                yerr=0 if math.isnan(std) else std,
+                fmt="o",
+                color=color,
+                capsize=4,
+                markersize=6,
+                label=label if i == 0 or key == "joint" else None,
+            )
+            ax.scatter([i + dx] * len(seeds), seeds, s=16, color=color, alpha=0.5, zorder=1)
+            data[key][name] = {"mean": mean, "std": std, "seeds": seeds}
+    base = summary["configs"].get(summary["baseline"])
+    if base is not None:
+        ax.axhline(100 * base["fine_accuracy"]["mean"], color="0.4", linestyle="--", linewidth=0.9)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(
+        "accuracy per config: mean ± std over seeds, dots: seeds; dashed: baseline", fontsize=9
+    )
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig), data
+
+
+def plot_differences(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
+    """Paired difference from the baseline per config, with its 95% interval (forest plot)."""
+    rows = []
+    for name, d in summary["vs_baseline"].items():
+        for key, label in (("fine_difference", "+TR"), ("joint_difference", "+JP")):
+            if key == "joint_difference" and not summary["configs"][name].get("has_branches"):
+                continue
+            x = d[key]
+            if not x["n"]:
+                continue
+            lo, hi = x["ci95"]
+            rows.append(
+                {
+                    "config": name,
+                    "head": label,
+                    "mean": 100 * x["mean"],
+                    "ci95": None if lo is None else [100 * lo, 100 * hi],
+                    "n": x["n"],
+                }
+            )
+    if not rows:
+        return None, {"rows": []}
+    fig = _figure(6.5, 0.45 * len(rows) + 1.4)
+    ax = fig.subplots()
+    for y, r in enumerate(rows):
+        color = "C0" if r["head"] == "+TR" else "C1"
+        if r["ci95"] is None:
+            ax.plot(r["mean"], y, "o", color=color, fillstyle="none")
+        else:
+            lo, hi = r["ci95"]
+            ax.errorbar(
+                r["mean"],
+                y,
+                xerr=[[r["mean"] - lo], [hi - r["mean"]]],
+                fmt="o",
+                color=color,
+                capsize=4,
+            )
+    ax.axvline(0, color="0.3", linewidth=0.9)
+    ax.set_yticks(range(len(rows)), [f"{r['config']} {r['head']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"difference from {summary['baseline']} +TR (points)")
+    ax.set_title(
+        "paired difference with 95% t-interval over seeds (open: one seed, no interval)", fontsize=9
+    )
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig), {"baseline": summary["baseline"], "rows": rows}
+
+
+def plot_convergence(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
+    """Test accuracy of the fine head per epoch: mean over seeds with a ± std band."""
+    from matplotlib.ticker import MaxNLocator
+
+    data: dict[str, Any] = {"target": None, "configs": {}}
+    fig = _figure(6.5, 3.4)
+    ax = fig.subplots()
+    for k, (name, c) in enumerate(summary["configs"].items()):
+        curves = [cv for cv in c.get("curves", []) if cv]
+        if not curves:
+            continue
+        n = min(len(cv) for cv in curves)  # epochs every seed has
+        arr = 100 * np.array([cv[:n] for cv in curves], dtype=float)
+        mean = arr.mean(axis=0)
+        std = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros(n)
+        epochs = np.arange(1, n + 1)
+        ax.plot(epochs, mean, marker="o", markersize=3, color=f"C{k}", label=name)
+        ax.fill_between(epochs, mean - std, mean + std, color=f"C{k}", alpha=0.2, linewidth=0)
+        data["configs"][name] = {"epoch": epochs, "mean": mean, "std": std}
+    if not data["configs"]:
+        return None, data
+    target = summary.get("baseline_final_accuracy")
+    if target is not None:
+        data["target"] = 100 * target
+        ax.axhline(
+            100 * target,
+            color="0.4",
+            linestyle="--",
+            linewidth=0.9,
+            label=f"{summary['baseline']} final",
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy of the fine head (%)")
+    ax.set_title("convergence: mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(fig), data
+
+
+# ------------------------------------------------------------------------------------ html
+def _ms(m: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
+    if not m or not m.get("n") or m.get("mean") is None or math.isnan(_finite(m["mean"])):
+        return "-"
+    mean = f"{scale * m['mean']:.{digits}f}"
+    std = _finite(m.get("std"))
+    return mean if m["n"] < 2 or math.isnan(std) else f"{mean} ± {scale * std:.{digits}f}"
+
+
+def _diff(x: Mapping[str, Any]) -> str:
+    if not x["n"]:
+        return "-"
+    lo, hi = x["ci95"]
+    if lo is None:
+        return f"{100 * x['mean']:+.2f} (one seed)"
+    return f"{100 * x['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def verdict(x: Mapping[str, Any]) -> str:
+    """What a paired difference shows: a gain, a loss, or nothing the seeds can tell apart."""
+    lo, hi = x.get("ci95", [None, None])
+    if lo is None:
+        return "needs 2+ seeds"
+    if lo > 0:
+        return "gain"
+    if hi < 0:
+        return "loss"
+    return "no difference"
+
+
+def config_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, c in summary["configs"].items():
+        reach = c.get("epochs_to_baseline_final")
+        reached = "-"
+        if reach:
+            never = reach.get("never_reached", 0)
+            reached = _ms(reach, scale=1.0, digits=1) + (f" ({never} never)" if never else "")
+        rows.append(
+            [
+                name,
+                str(len(c["seeds"])),
+                _ms(c["fine_accuracy"]),
+                _ms(c["joint_accuracy"]) if c.get("has_branches") else "-",
+                ", ".join(f"{a:g}" for a in c["alpha"]) if c.get("has_branches") else "-",
+                reached,
+                _ms(c.get("seconds"), scale=1.0, digits=0),
+            ]
+        )
+    return rows
+
+
+def difference_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Per config: paired difference from the baseline with its interval and what it shows."""
+    rows = []
+    for name, d in summary["vs_baseline"].items():
+        has = summary["configs"][name].get("has_branches")
+        fine, joint = d["fine_difference"], d["joint_difference"]
+        rows.append(
+            [
+                name,
+                _diff(fine),
+                verdict(fine),
+                _diff(joint) if has else "-",
+                verdict(joint) if has else "-",
+                str(fine["n"]),
+            ]
+        )
+    return rows
+
+
+def pair_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Every pair of configs: differences of +TR, of +JP, and +JP of b over +TR of a."""
+    keys = ("fine_difference", "joint_difference", "joint_vs_a_fine")
+    return [[p["a"], p["b"], *(_diff(p[k]) for k in keys)] for p in summary["pairs"]]
+
+
+def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dict[str, Any]]:
+    """The HTML page for a study summary, and the data it plots (also embedded in the page)."""
+    e = html.escape
+    base = summary["baseline"]
+    data: dict[str, Any] = {"title": title, "kind": "study", "summary": summary}
+    header = ["config", "seeds", "+TR (%)", "+JP (%)", "alpha per seed"]
+    header += [f"epochs to {base}'s final", "seconds per run"]
+    sections = [
+        "<h2>Configs (test split)</h2>"
+        + _table(header, config_rows(summary))
+        + '<p class="note">Mean ± std over seeds (sample std). +TR: the fine head; +JP: the '
+        "joint prediction of all heads with alpha tuned on the held-out split of each run. "
+        f"Epochs to {e(base)}'s final: the first epoch whose test accuracy reaches the "
+        "baseline's mean final accuracy (seeds that never reach it are counted apart).</p>"
+    ]
+    png, data["differences"] = plot_differences(summary)
+    header = ["config", "+TR - base (pts)", "+TR shows", "+JP - base (pts)", "+JP shows"]
+    sections.append(
+        f"<h2>Difference from {e(base)}</h2>"
+        + _table([*header, "paired seeds"], difference_rows(summary))
+        + _img(png, "paired differences")
+        + f'<p class="note">{e(summary["interval"])}; the same seed of two configs forms a '
+        f"pair, and both heads are compared with {e(base)}'s +TR. A gain or a loss is shown "
+        "only where the interval excludes zero.</p>"
+    )
+    png, data["accuracy"] = plot_study_accuracy(summary)
+    sections.append("<h2>Accuracy over seeds</h2>" + _img(png, "accuracy per config"))
+    png, data["convergence"] = plot_convergence(summary)
+    sections.append("<h2>Convergence</h2>" + _img(png, "test accuracy per epoch"))
+    header = ["a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)", "+JP(b) - +TR(a)"]
+    sections.append("<h2>All pairs (b - a, points)</h2>" + _table(header, pair_rows(summary)))
+    finished, planned = summary.get("finished_runs"), summary.get("planned_runs")
+    runs = f"{finished} of {planned} runs finished. " if finished is not None else ""
+    payload = json.dumps(_jsonable(data), allow_nan=False).replace("</", "<\\/")
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{e(title)}</h1><p class='note'>{e(runs)}Written "
+        f"{e(time.strftime('%Y-%m-%d %H:%M'))} by ssal report.</p>"
+        + "".join(sections)
+        + f'<script type="application/json" id="{DATA_ELEMENT_ID}">{payload}</script>'
+        + "</body></html>\n"
+    )
+    return page, _jsonable(data)
+
+
+def write_study_report(
+    path: str | Path, out: str | Path | None = None
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Write the report of the study at ``path`` (default ``report.html`` beside study.json).
+
+    Returns the page's path, the plotted data and the study summary.
+    """
+    summary = read_study(path)
+    file = find_study(path)
+    assert file is not None
+    target = Path(out) if out else file.parent / "report.html"
+    page, data = build_study_report(summary, f"ssal study report: {file.parent.resolve().name}")
+    return write_text(target, page), data, summary
