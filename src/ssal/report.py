@@ -175,51 +175,28 @@ def collect_outputs(
     progress: bool = False,
     description: str = "evaluating",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One pass over ``loader``: ``SSALMetrics`` figures and per-sample predictions.
+    """One pass over ``loader``: ``evaluate_model``'s figures and per-sample predictions.
 
     Per sample (no logits kept): ``fine_class``, ``fine_prob``, ``branch_group (N, B)``,
     ``joint_class`` (at ``alpha``) and ``labels``.
     """
-    from rich.progress import Progress
-
-    from ssal.metrics import SSALMetrics
+    from ssal.evaluate import evaluate_model
     from ssal.predict import structured_predict
 
-    device = torch.device(device)
-    model = model.to(device).eval()
-    channels_last = False
-    metrics = SSALMetrics(model.group_indices, num_classes, alpha).to(device)
     groups = [g.to(device) for g in model.group_indices]
-    parts: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("fine_class", "fine_prob", "branch_group", "joint_class", "labels")
-    }
-    total = len(loader) if hasattr(loader, "__len__") else None
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(description, total=total)
-        for images, labels in loader:
-            x = prepare(images.to(device, non_blocking=True))
-            if x.ndim == 4 and not channels_last:  # faster convolutions on CPUs and GPUs
-                model = model.to(memory_format=torch.channels_last)
-                channels_last = True
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels.to(device, non_blocking=True)
-            out = model(x)
-            metrics.update(out.logits, out.branch_logits, y)
-            s = structured_predict(out.logits, out.branch_logits, groups, alpha)
-            for key, value in (
-                ("fine_class", s.fine_class),
-                ("fine_prob", s.fine_prob),
-                ("branch_group", s.branch_group),
-                ("joint_class", s.joint_class),
-                ("labels", y),
-            ):
-                parts[key].append(value.cpu())
-            bar.advance(task)
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
-    outputs = {k: torch.cat(v).numpy() for k, v in parts.items()}
-    return metrics.compute(), outputs
+    keys = ("fine_class", "fine_prob", "branch_group", "joint_class")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "labels")}
+
+    def keep(out: Any, labels: torch.Tensor) -> None:
+        s = structured_predict(out.logits, out.branch_logits, groups, alpha)
+        for key in keys:
+            parts[key].append(getattr(s, key).cpu())
+        parts["labels"].append(labels.cpu())
+
+    figures = evaluate_model(
+        model, loader, prepare, num_classes, alpha, device, description, progress, keep
+    )
+    return figures, {k: torch.cat(v).numpy() for k, v in parts.items()}
 
 
 @dataclass

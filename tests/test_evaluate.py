@@ -1,0 +1,39 @@
+import torch
+
+from ssal.backbones.registry import create_model
+from ssal.evaluate import evaluate_model
+from ssal.predict import joint_log_probs
+from tests.conftest import modulo_groupings
+
+
+def _data(n=24, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 32, 32, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return [(images[i : i + 8], labels[i : i + 8]) for i in range(0, n, 8)]
+
+
+def test_evaluate_model_by_hand_and_memory_format_kept():
+    torch.manual_seed(0)
+    model = create_model("tiny-wrn", 10, modulo_groupings(10, [2, 3, 5])).eval()
+    loader = _data()
+    seen = []
+    r = evaluate_model(
+        model, loader, lambda x: x, 10, 0.5, progress=False, on_batch=lambda o, y: seen.append(y)
+    )
+    # the figures equal a plain computation over the whole set
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    with torch.no_grad():
+        out = model(x)
+        joint = joint_log_probs(out.logits, out.branch_logits, model.group_indices, 0.5)
+    assert r["num_samples"] == 24 and len(seen) == 3 and torch.equal(torch.cat(seen), y)
+    assert abs(r["fine_accuracy"] - (out.logits.argmax(1) == y).float().mean().item()) < 1e-6
+    assert abs(r["joint_accuracy"] - (joint.argmax(1) == y).float().mean().item()) < 1e-6
+    # evaluated in channels_last, handed back as it came: contiguous...
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+    # ...or channels_last (a training module on a GPU is)
+    model.to(memory_format=torch.channels_last)
+    evaluate_model(model, loader, lambda x: x, 10, 0.5, progress=False)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
