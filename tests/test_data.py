@@ -626,7 +626,9 @@ def test_in_memory_data_module_in_trainer(cifar100_dir: Path) -> None:
     assert train_batches[0][3] + train_batches[1][3] != train_batches[2][3] + train_batches[3][3]
 
 
-def write_image_folder(root: Path) -> None:
+def write_image_folder(root: Path, jpeg: bool = False) -> None:
+    """train/ and val/ with two classes; PNGs of noise, or (``jpeg``) smooth images saved as a
+    grayscale JPEG, a PNG and RGB JPEGs per class."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -635,8 +637,18 @@ def write_image_folder(root: Path) -> None:
             folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(per_class):
-                pixels = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+                if not jpeg:
+                    pixels = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / f"{i}.png")
+                    continue
+                smooth = np.kron(rng.integers(0, 256, (8, 10, 3)), np.ones((5, 5, 1)))
+                img = Image.fromarray(smooth.astype(np.uint8))
+                if i == 0:
+                    img.convert("L").save(folder / f"{i}.jpg", quality=95)
+                elif i == 1:
+                    img.save(folder / f"{i}.png")
+                else:
+                    img.save(folder / f"{i}.jpg", quality=95)
 
 
 def test_image_folder_data_module(tmp_path: Path) -> None:
@@ -677,20 +689,7 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
     from ssal.data import decode_images
     from ssal.train import SSALModule
 
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 4), ("val", 2)):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / split / cls
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                smooth = np.kron(rng.integers(0, 256, (8, 10, 3)), np.ones((5, 5, 1)))
-                img = Image.fromarray(smooth.astype(np.uint8))
-                if i == 0:  # a grayscale JPEG and a PNG among the JPEGs
-                    img.convert("L").save(folder / f"{i}.jpg", quality=95)
-                elif i == 1:
-                    img.save(folder / f"{i}.png")
-                else:
-                    img.save(folder / f"{i}.jpg", quality=95)
+    write_image_folder(tmp_path, jpeg=True)
     kwargs = dict(image_size=16, batch_size=4, eval_batch_size=4, num_workers=0, heldout=0)
     dm = ImageFolderDataModule(str(tmp_path), decode_on_device=True, **kwargs)
     encoded, labels = next(iter(dm.train_dataloader()))

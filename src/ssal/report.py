@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_run",
     "find_runs",
     "hierarchy_levels",
+    "html_page",
     "plot_alpha",
     "plot_class_change",
     "plot_confusion",
@@ -885,17 +886,27 @@ def build_report(
         f"<code>{e(str(r.source.checkpoint))}</code></li>"
         for r in results
     )
-    payload = json.dumps(_jsonable(data), allow_nan=False).replace("</", "<\\/")
+    return html_page(title, f"<ul>{run_list}</ul>", sections, data)
+
+
+def html_page(
+    title: str, intro: str, sections: Sequence[str], data: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """A self-contained page: title, ``intro`` and ``sections`` (HTML), and ``data`` embedded
+    as JSON in ``<script id="ssal-data">``; returns the page and the plain-JSON data."""
+    e = html.escape
+    plain = _jsonable(data)
+    payload = json.dumps(plain, allow_nan=False).replace("</", "<\\/")
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{e(title)}</h1><p class='note'>Written {e(time.strftime('%Y-%m-%d %H:%M'))} by "
-        f"ssal report.</p><ul>{run_list}</ul>"
+        f"ssal report.</p>{intro}"
         + "".join(sections)
         + f'<script type="application/json" id="{DATA_ELEMENT_ID}">{payload}</script>'
         + "</body></html>\n"
     )
-    return page, _jsonable(data)
+    return page, plain
 
 
 def write_report(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ssal.files import write_text
-from ssal.report import CSS, DATA_ELEMENT_ID, _figure, _img, _jsonable, _png, _table
+from ssal.report import _figure, _img, _png, _table, html_page
 
 __all__ = [
     "build_study_report",
@@ -323,18 +322,8 @@ def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dic
     header = ["a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)", "+JP(b) - +TR(a)"]
     sections.append("<h2>All pairs (b - a, points)</h2>" + _table(header, pair_rows(summary)))
     finished, planned = summary.get("finished_runs"), summary.get("planned_runs")
-    runs = f"{finished} of {planned} runs finished. " if finished is not None else ""
-    payload = json.dumps(_jsonable(data), allow_nan=False).replace("</", "<\\/")
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{e(title)}</h1><p class='note'>{e(runs)}Written "
-        f"{e(time.strftime('%Y-%m-%d %H:%M'))} by ssal report.</p>"
-        + "".join(sections)
-        + f'<script type="application/json" id="{DATA_ELEMENT_ID}">{payload}</script>'
-        + "</body></html>\n"
-    )
-    return page, _jsonable(data)
+    runs = f"<p class='note'>{finished} of {planned} runs finished.</p>" if finished else ""
+    return html_page(title, runs, sections, data)
 
 
 def write_study_report(
