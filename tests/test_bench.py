@@ -139,3 +139,8 @@ def test_compile_mode_is_checked():
         SSALModule("tiny-wrn", 10, compile_mode="fastest")
     m = SSALModule("tiny-wrn", 10, compile=True, compile_mode="max-autotune-no-cudagraphs")
     assert m.hparams.compile_mode == "max-autotune-no-cudagraphs"
+
+
+def test_compile_mode_needs_compile(capsys):
+    assert main(["bench", "--model", "small-cnn", "--compile-mode", "max-autotune"]) == 2
+    assert "--compile-mode needs --compile" in capsys.readouterr().err

@@ -628,7 +628,7 @@ def test_in_memory_data_module_in_trainer(cifar100_dir: Path) -> None:
 
 def write_image_folder(root: Path, jpeg: bool = False) -> None:
     """train/ and val/ with two classes; PNGs of noise, or (``jpeg``) smooth images saved as a
-    grayscale JPEG, a PNG and RGB JPEGs per class."""
+    grayscale JPEG, a PNG and RGB JPEGs per class, and in train/ a BMP and a 16-bit PNG."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -647,6 +647,11 @@ def write_image_folder(root: Path, jpeg: bool = False) -> None:
                     img.convert("L").save(folder / f"{i}.jpg", quality=95)
                 elif i == 1:
                     img.save(folder / f"{i}.png")
+                elif i == 3 and cls == "cat":  # a format torchvision cannot decode
+                    img.save(folder / f"{i}.bmp")
+                elif i == 3:  # 16 bits per pixel
+                    wide = (smooth[..., 0] * 257).astype(np.uint16)
+                    Image.fromarray(wide).save(folder / f"{i}.png")
                 else:
                     img.save(folder / f"{i}.jpg", quality=95)
 
@@ -691,12 +696,16 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
 
     write_image_folder(tmp_path, jpeg=True)
     kwargs = dict(image_size=16, batch_size=4, eval_batch_size=4, num_workers=0, heldout=0)
+    # worker processes send the bytes back (a memory-mapped tensor would hang the loader)
+    dm = ImageFolderDataModule(str(tmp_path), decode_on_device=True, **{**kwargs, "num_workers": 2})
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2
+    for encoded, labels in batches:  # JPEG (RGB, gray), PNG (8, 16 bit), BMP
+        assert isinstance(encoded, list) and all(e.dtype == torch.uint8 for e in encoded)
+        images, moved = dm.transfer_batch_to_device((encoded, labels), torch.device("cpu"), 0)
+        assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
+        assert torch.equal(moved, labels)
     dm = ImageFolderDataModule(str(tmp_path), decode_on_device=True, **kwargs)
-    encoded, labels = next(iter(dm.train_dataloader()))
-    assert isinstance(encoded, list) and all(e.dtype == torch.uint8 for e in encoded)
-    images, moved = dm.transfer_batch_to_device((encoded, labels), torch.device("cpu"), 0)
-    assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
-    assert torch.equal(moved, labels)
     # Decoding and evaluation crops equal the CPU path's (PIL) up to resampling differences.
     cpu = ImageFolderDataModule(str(tmp_path), **kwargs)
     cpu.setup()
@@ -726,3 +735,35 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
     )
     trainer.fit(SSALModule("tiny-wrn", 2, in_channels=3, warmup_epochs=1), dm)
     assert trainer.global_step == 2
+
+
+def test_random_resized_crop_box_rule_and_seeding() -> None:
+    from types import SimpleNamespace
+
+    from ssal.data import random_resized_crop_box
+
+    g = torch.Generator().manual_seed(0)
+    boxes = [random_resized_crop_box(60, 80, g) for _ in range(2000)]
+    for top, left, h, w in boxes:
+        assert top >= 0 and left >= 0 and top + h <= 60 and left + w <= 80
+    share = np.array([h * w / (60 * 80) for _, _, h, w in boxes])
+    aspect = np.array([w / h for _, _, h, w in boxes])
+    assert share.min() >= 0.07 and share.max() <= 1.0
+    assert aspect.min() >= 0.7 and aspect.max() <= 1.4
+    # torchvision's rule gives the same distribution of areas
+    torch.manual_seed(0)
+    from torchvision.transforms import v2
+
+    params = v2.RandomResizedCrop.get_params
+    ref = [params(torch.zeros(1, 60, 80), (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(2000)]
+    ref_share = np.array([h * w / (60 * 80) for _, _, h, w in ref])
+    assert abs(share.mean() - ref_share.mean()) < 0.03
+    # a thin image falls back to a centre crop of the allowed aspect
+    assert random_resized_crop_box(10, 200, g, scale=(0.99, 1.0)) == (0, 93, 10, 13)
+    # each process crops with its own stream, reproducibly
+    dm = ImageFolderDataModule("unused", seed=3)
+    draws = {}
+    for rank in (0, 1, 0):
+        dm._generator, dm.trainer = None, SimpleNamespace(global_rank=rank)
+        draws.setdefault(rank, []).append(random_resized_crop_box(60, 80, dm._crop_generator()))
+    assert draws[0][0] == draws[0][1] and draws[0][0] != draws[1][0]

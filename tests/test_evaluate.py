@@ -17,10 +17,15 @@ def test_evaluate_model_by_hand_and_memory_format_kept():
     torch.manual_seed(0)
     model = create_model("tiny-wrn", 10, modulo_groupings(10, [2, 3, 5])).eval()
     loader = _data()
-    seen = []
+    seen, layouts = [], []
+    hook = model.register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     r = evaluate_model(
         model, loader, lambda x: x, 10, 0.5, progress=False, on_batch=lambda o, y: seen.append(y)
     )
+    hook.remove()
+    assert layouts == [True, True, True]  # every batch ran in channels_last
     # the figures equal a plain computation over the whole set
     x = torch.cat([b[0] for b in loader])
     y = torch.cat([b[1] for b in loader])

@@ -52,6 +52,7 @@ def test_summarize_by_hand():
     assert ssal["epochs_to_baseline_final"]["per_seed"] == [2, 3]
     assert base["epochs_to_baseline_final"]["per_seed"] == [None, 3]
     assert base["epochs_to_baseline_final"]["never_reached"] == 1
+    assert base["epochs_to_baseline_final"]["no_curve"] == 0
     pair = s["pairs"][0]
     assert pair["fine_difference"]["mean"] == pytest.approx(0.01)
     assert pair["joint_vs_a_fine"]["mean"] == pytest.approx(0.03)
@@ -85,7 +86,9 @@ def test_study_runs_resumes_and_reports(tmp_path, capsys):
     )
     out = tmp_path / "study"
     args = ["study", "--config", str(base), str(ssal), "--seeds", "0", "1", "--out", str(out)]
-    assert main([*args, "--max-runs", "2"]) == 0  # stopped between runs
+    assert main([*args, "--max-runs", "1"]) == 0  # stopped between runs
+    assert json.loads((out / "study.json").read_text())["finished_runs"] == 1
+    assert main([*args, "--max-runs", "1"]) == 0
     first = {p: p.stat().st_mtime for p in out.glob("*/seed*/eval.json")}
     assert len(first) == 2
     assert json.loads((out / "study.json").read_text())["finished_runs"] == 2
@@ -135,6 +138,7 @@ def test_verdict_follows_the_interval():
     assert loss["ci95"][1] < 0 and verdict(loss) == "loss"
     assert verdict(unclear) == "no difference"
     assert verdict(paired_difference({0: 0.5}, {0: 0.6})) == "needs 2+ seeds"
+    assert verdict(paired_difference({0: 0.5}, {1: 0.6})) == "no paired seeds"
 
 
 def test_study_report_holds_what_it_plots():
@@ -162,7 +166,10 @@ def test_study_report_holds_what_it_plots():
 
 
 def test_study_report_without_curves_or_intervals():
-    page, data = build_study_report(_study([0.90], [0.91], curves=False), "one seed")
+    summary = _study([0.90], [0.91], curves=False)
+    reach = summary["configs"]["ssal"]["epochs_to_baseline_final"]
+    assert reach["no_curve"] == 1 and reach["never_reached"] == 0  # no curve: not "never"
+    page, data = build_study_report(summary, "one seed")
     assert data["convergence"]["configs"] == {}
     assert "test accuracy per epoch: nothing to plot" in page
     assert "needs 2+ seeds" in page and "(one seed)" in page
@@ -195,4 +202,9 @@ def test_report_cli_on_a_study(tmp_path, capsys):
     assert "not a readable study.json" in capsys.readouterr().err
     assert main(["report", str(folder), str(tmp_path)]) == 2
     assert "one study" in capsys.readouterr().err
+    running = tmp_path / "running"  # a study whose first run has not finished
+    (running / "base" / "seed0").mkdir(parents=True)
+    (running / "base" / "seed0" / "log.txt").write_text("")
+    assert main(["report", str(running)]) == 2
+    assert "without study.json yet" in capsys.readouterr().err
     assert (folder / "study.json").read_text() == before

@@ -179,3 +179,43 @@ def test_fit_with_bad_groupings_file_is_one_line(tmp_path, cifar_dir, capsys):
     assert main(["fit", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ssal: error:") and "written for 10 classes" in err[-1]
+
+
+def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
+    """No per-step metric goes to Lightning's progress-bar dict (which it turns into Python
+    numbers, a device sync, after every step); the bar shows the loss from the step output."""
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from ssal.data import InMemoryDataModule
+    from ssal.loggers import LossProgressBar, use_loss_progress_bar
+
+    redraws = []
+
+    class Spy(LossProgressBar):
+        def get_metrics(self, trainer, pl_module):  # noqa: ANN001, ANN201
+            metrics = super().get_metrics(trainer, pl_module)
+            if trainer.training and "loss" in metrics:
+                redraws.append((trainer.global_step, metrics["loss"], float(self._loss)))
+            return metrics
+
+    dm = InMemoryDataModule("cifar100", str(cifar_dir), batch_size=32, heldout=0)
+    module = SSALModule("tiny-wrn", 100, warmup_epochs=1)
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[TQDMProgressBar(refresh_rate=3)],
+    )
+    use_loss_progress_bar(trainer)  # Lightning's bar becomes ours, same refresh rate
+    bar = trainer.progress_bar_callback
+    assert type(bar) is LossProgressBar and bar.refresh_rate == 3
+    trainer.callbacks[trainer.callbacks.index(bar)] = Spy(bar.refresh_rate)
+    trainer.fit(module, dm)
+    assert not any(k.startswith("train/") for k in trainer.progress_bar_metrics)
+    # read at the redraws (steps 3 and 6) and once more as the epoch ends, never per step
+    assert {step for step, _, _ in redraws} == {3, 6} and len(redraws) <= 3
+    assert all(shown == f"{value:.4g}" for _, shown, value in redraws)

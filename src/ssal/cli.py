@@ -383,6 +383,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ssal.bench import bench_rows, run_bench
 
+    if args.compile_mode and not args.compile:
+        raise UserError("--compile-mode needs --compile")
     result = run_bench(
         args.model,
         ssal=args.ssal,

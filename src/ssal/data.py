@@ -1113,10 +1113,10 @@ def _with_transform(dataset: Any, transform: Any) -> Any:
 
 
 def _read_file(path: str) -> torch.Tensor:
-    """A file's bytes as a uint8 tensor (what ``decode_jpeg`` takes)."""
-    from torchvision.io import read_file
-
-    return read_file(path)
+    """A file's bytes as a uint8 tensor (what ``decode_jpeg`` takes), in ordinary memory:
+    ``torchvision.io.read_file`` maps the file, and a mapped tensor cannot travel back from a
+    DataLoader worker (the loader hangs)."""
+    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
 
 
 def _collate_encoded(
@@ -1136,7 +1136,7 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> list
     JPEGs are decoded in one batched call on ``device`` (nvJPEG on CUDA); other formats, and
     JPEGs the device decoder refuses (CMYK, progressive on some builds), on the CPU.
     """
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     rgb = ImageReadMode.RGB
     out: list[torch.Tensor | None] = [None] * len(encoded)
@@ -1153,8 +1153,63 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> list
             pass
     for i, img in enumerate(out):
         if img is None:
-            out[i] = decode_image(encoded[i], mode=rgb).to(device, non_blocking=True)
+            out[i] = _decode_on_cpu(encoded[i]).to(device, non_blocking=True)
     return out  # type: ignore[return-value]
+
+
+def _decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
+    """One image to RGB uint8 (3, H, W): torchvision's decoders, else PIL (BMP, TIFF, ...);
+    16-bit images are scaled to 8 bits, as PIL's RGB conversion does on the CPU path."""
+    import io
+
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        img = decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            pil = Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode a training image ({exc})") from None
+        img = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    if img.dtype != torch.uint8:
+        img = F.to_dtype(img, torch.uint8, scale=True)
+    return img
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of an Inception-style random crop (torchvision's
+    ``RandomResizedCrop`` rule: area share in ``scale``, log-uniform aspect ``ratio``, 10 tries
+    then a centre crop), drawn from ``generator``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(2, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif aspect > max(ratio):
+        h, w = height, round(height * max(ratio))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class ImageFolderDataModule(lightning.LightningDataModule):
@@ -1217,6 +1272,7 @@ class ImageFolderDataModule(lightning.LightningDataModule):
         self.mean = mean
         self.std = std
         self.decode_on_device = decode_on_device
+        self._generator: torch.Generator | None = None
         self.in_channels = 3
         self.train_set: Dataset | None = None
         self.heldout_set: Dataset | None = None
@@ -1340,22 +1396,31 @@ class ImageFolderDataModule(lightning.LightningDataModule):
     def crop_batch(self, images: Sequence[torch.Tensor], train: bool) -> torch.Tensor:
         """Decoded (3, H, W) images to one uint8 (B, 3, S, S) batch on their device, with the
         CPU path's transforms: RandomResizedCrop + flip (``train``) or resize + centre crop."""
-        from torchvision.transforms import v2
         from torchvision.transforms.v2 import functional as F
 
         size = [self.image_size, self.image_size]
         out = []
         for img in images:
             if train:
-                top, left, h, w = v2.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
+                g = self._crop_generator()
+                top, left, h, w = random_resized_crop_box(img.shape[-2], img.shape[-1], g)
                 img = F.resized_crop(img, top, left, h, w, size, antialias=True)
-                if torch.rand(()) < 0.5:
+                if torch.rand((), generator=g) < 0.5:
                     img = F.horizontal_flip(img)
             else:
                 img = F.resize(img, int(self.image_size / 0.875), antialias=True)
                 img = F.center_crop(img, size)
             out.append(img)
         return torch.stack(out)
+
+    def _crop_generator(self) -> torch.Generator:
+        """CPU generator for the device-side crops, seeded by ``seed`` and the process rank
+        (ranks seeded alike by ``seed_everything`` would otherwise crop alike)."""
+        if self._generator is None:
+            trainer = getattr(self, "trainer", None)
+            rank = trainer.global_rank if trainer is not None else 0
+            self._generator = torch.Generator().manual_seed(self.seed * 100_003 + rank + 1)
+        return self._generator
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int

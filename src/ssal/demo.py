@@ -21,6 +21,7 @@ from ssal.data import InMemoryDataModule
 from ssal.evaluate import evaluate_model, heldout_confusion
 from ssal.files import write_json
 from ssal.grouping import Grouping, save_groupings
+from ssal.loggers import use_loss_progress_bar
 from ssal.report import write_report
 from ssal.train import SSALModule, set_checkpoint_alpha
 
@@ -64,6 +65,7 @@ def _train(module: SSALModule, dm: InMemoryDataModule, out: Path, epochs: int, q
         log_every_n_steps=20,
         deterministic=False,
     )
+    use_loss_progress_bar(trainer)
     trainer.fit(module, dm)
     return Path(ckpt.best_model_path or ckpt.last_model_path or out / "model.ckpt")
 

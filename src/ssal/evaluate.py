@@ -44,8 +44,13 @@ def build_datamodule(data: dict[str, Any] | None, **overrides: Any) -> L.Lightni
 
 
 def _is_channels_last(model: torch.nn.Module) -> bool:
-    w = next((p for p in model.parameters() if p.dim() == 4), None)
-    return w is not None and w.is_contiguous(memory_format=torch.channels_last)
+    """Whether the conv weights are channels_last, judged on the first weight whose layout
+    tells (a 1-channel or 1x1 weight is both contiguous and channels_last)."""
+    cl = torch.channels_last
+    for p in model.parameters():
+        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=cl):
+            return p.is_contiguous(memory_format=cl)
+    return True  # nothing to convert
 
 
 @torch.no_grad()

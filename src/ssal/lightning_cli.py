@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssal.evaluate import heldout_confusion
 from ssal.grouping import Grouping, save_groupings
-from ssal.loggers import NonFiniteLossGuard
+from ssal.loggers import NonFiniteLossGuard, use_loss_progress_bar
 from ssal.train import SSALModule, read_checkpoint, resolve_groupings
 
 AUTO_GROUPINGS_ENV = "SSAL_AUTO_GROUPINGS"
@@ -94,7 +94,15 @@ class SSALCLI(LightningCLI):
             }
         )
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_loss_progress_bar(trainer)
+        return trainer
+
     def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand].trainer
+        if trainer.get("deterministic") and trainer.get("benchmark"):
+            trainer.benchmark = None  # cuDNN's timed kernel choice is not deterministic
         if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
             _resolve_last(self.config["fit"])
 

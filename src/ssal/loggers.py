@@ -1,4 +1,5 @@
-"""Logging and safety callbacks for long runs: logs that survive a resume, a NaN guard."""
+"""Logging and safety callbacks for long runs: logs that survive a resume, a NaN guard, and a
+progress bar that reads the loss only when it redraws."""
 
 from __future__ import annotations
 
@@ -7,12 +8,54 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-__all__ = ["NonFiniteLossError", "NonFiniteLossGuard", "ResumableCSVLogger"]
+__all__ = [
+    "LossProgressBar",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "ResumableCSVLogger",
+    "use_loss_progress_bar",
+]
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, showing the training loss read only when the bar redraws.
+
+    A metric logged with ``prog_bar=True`` on every step is turned into a Python number on
+    every step (a host-device sync); this bar takes the loss from the step's output instead,
+    so on a GPU with ``refresh_rate`` N the device is waited for once every N steps.
+    """
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False):
+        super().__init__(refresh_rate, process_position, leave)
+        self._loss: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._loss = loss if isinstance(loss, torch.Tensor) else None
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_start(self, trainer, *args: Any) -> None:  # noqa: ANN001
+        self._loss = None
+        super().on_train_epoch_start(trainer, *args)
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:  # noqa: ANN001
+        metrics = super().get_metrics(trainer, pl_module)
+        if self._loss is not None:
+            metrics["loss"] = f"{float(self._loss):.4g}"
+        return metrics
+
+
+def use_loss_progress_bar(trainer: L.Trainer) -> None:
+    """Swap Lightning's default tqdm bar for :class:`LossProgressBar` (same refresh rate);
+    a disabled bar or one the user chose stays as it is."""
+    for i, cb in enumerate(trainer.callbacks):
+        if type(cb) is TQDMProgressBar:
+            trainer.callbacks[i] = LossProgressBar(cb.refresh_rate, cb.process_position)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -195,7 +195,15 @@ def collect_outputs(
         parts["labels"].append(labels.cpu())
 
     figures = evaluate_model(
-        model, loader, prepare, num_classes, alpha, device, description, progress, keep
+        model,
+        loader,
+        prepare,
+        num_classes,
+        alpha,
+        device=device,
+        description=description,
+        progress=progress,
+        on_batch=keep,
     )
     return figures, {k: torch.cat(v).numpy() for k, v in parts.items()}
 

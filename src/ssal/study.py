@@ -2,10 +2,10 @@
 
 Each run is ``ssal fit`` then ``ssal evaluate --tune-alpha`` in its own process, in
 ``OUT/<config>/seed<S>/``; a run whose ``eval.json`` exists is finished and never redone, so a
-stopped study resumes where it stopped. ``study.json`` holds, per config, +TR and +JP accuracy
-as mean ± std over seeds, the test accuracy per epoch, the epochs needed to reach the
-baseline's final accuracy, and per pair of configs the paired difference over seeds with a
-95% confidence interval from Student's t distribution.
+stopped study resumes where it stopped. ``study.json``, rewritten after every finished run,
+holds per config +TR and +JP accuracy as mean ± std over seeds, the test accuracy per epoch,
+the epochs needed to reach the baseline's final accuracy, and per pair of configs the paired
+difference over seeds with a 95% confidence interval from Student's t distribution.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -266,12 +267,16 @@ def summarize(
     target = configs.get(baseline, {}).get("fine_accuracy", {}).get("mean")
     if target is not None and not math.isnan(target):
         for name in names:
-            reach = [epochs_to_reach(c, target) for c in configs[name]["curves"]]
+            curves = configs[name]["curves"]
+            reach = [epochs_to_reach(c, target) if c else None for c in curves]
             got = [r for r in reach if r is not None]
             configs[name]["epochs_to_baseline_final"] = {
                 "per_seed": reach,
                 **mean_std(got),
-                "never_reached": len(reach) - len(got),
+                "never_reached": sum(
+                    1 for c, r in zip(curves, reach, strict=True) if c and r is None
+                ),
+                "no_curve": sum(1 for c in curves if not c),
             }
     pairs = []
     for i, a in enumerate(names):
@@ -328,6 +333,17 @@ def run_study(
         todo = todo[:max_runs]
     log(f"{len(done)} of {len(runs)} runs finished; running {len(todo)}")
 
+    lock = threading.Lock()
+
+    def write_summary() -> dict[str, Any]:
+        with lock:  # after every finished run, so a running study can be reported
+            results = load_results(runs, out)
+            summary = summarize(results, names, baseline)
+            summary["finished_runs"] = len(results)
+            summary["planned_runs"] = len(runs)
+            write_json(out / "study.json", summary)
+            return summary
+
     def one(item: tuple[int, StudyRun]) -> None:
         k, r = item
         env = dict(os.environ)
@@ -339,6 +355,7 @@ def run_study(
             f"  {r.name} seed {r.seed}: +TR {res['fine_accuracy']:.4f}  "
             f"+JP {res['joint_accuracy']:.4f}  ({res['seconds']:.0f} s)"
         )
+        write_summary()
 
     workers = parallel or max(1, devices)
     if workers > 1:
@@ -347,9 +364,4 @@ def run_study(
     else:
         for item in enumerate(todo):
             one(item)
-    results = load_results(runs, out)
-    summary = summarize(results, names, baseline)
-    summary["finished_runs"] = len(results)
-    summary["planned_runs"] = len(runs)
-    write_json(out / "study.json", summary)
-    return summary
+    return write_summary()

@@ -42,12 +42,21 @@ _REQUIRED = ("baseline", "configs", "vs_baseline", "pairs", "interval")
 
 
 def find_study(path: str | Path) -> Path | None:
-    """``study.json`` for a study folder or the file itself; None when ``path`` is no study."""
+    """``study.json`` for a study folder or the file itself; None when ``path`` is no study.
+
+    A folder laid out as a study (``<config>/seed<S>/``) whose ``study.json`` is not written
+    yet is refused with a clear message.
+    """
     p = Path(path)
     if p.is_dir() and (p / STUDY_FILE).is_file():
         return p / STUDY_FILE
     if p.is_file() and p.suffix == ".json":
         return p
+    if p.is_dir() and any(p.glob("*/seed*/log.txt")):
+        raise FileNotFoundError(
+            f"{p} holds a study without {STUDY_FILE} yet: it is written as soon as a run "
+            "finishes; wait for one, or run the same ssal study command again"
+        )
     return None
 
 
@@ -68,7 +77,7 @@ def read_study(path: str | Path) -> dict[str, Any]:
             f"{file}: written by an older ssal (no {', '.join(missing)}); run the same ssal study "
             "command again to rewrite it (finished runs are not redone)"
         )
-    if not summary["configs"]:
+    if not any(c.get("seeds") for c in summary["configs"].values()):
         raise ValueError(f"{file}: the study has no finished runs yet")
     return summary
 
@@ -234,6 +243,8 @@ def _diff(x: Mapping[str, Any]) -> str:
 def verdict(x: Mapping[str, Any]) -> str:
     """What a paired difference shows: a gain, a loss, or nothing the seeds can tell apart."""
     lo, hi = x.get("ci95", [None, None])
+    if not x.get("n"):
+        return "no paired seeds"
     if lo is None:
         return "needs 2+ seeds"
     if lo > 0:

@@ -196,7 +196,7 @@ class SSALModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):  # noqa: ANN201
         x, y = batch
         parts = self.loss(self(x), y)
-        self.log("train/loss", parts.total, prog_bar=True)
+        self.log("train/loss", parts.total)  # LossProgressBar shows it without a sync
         self.log("train/loss_fine", parts.fine)
         for i, p in enumerate(parts.branches):
             self.log(f"train/loss_branch{i + 1}", p)
