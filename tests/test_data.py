@@ -693,6 +693,7 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
 
     from ssal.data import decode_images
     from ssal.train import SSALModule
+    from tests.conftest import quick_trainer
 
     write_image_folder(tmp_path, jpeg=True)
     kwargs = dict(image_size=16, batch_size=4, eval_batch_size=4, num_workers=0, heldout=0)
@@ -724,15 +725,7 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
     assert val_images.shape == (4, 3, 16, 16)
     # Lightning trains on it end to end
     L.seed_everything(0)
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-    )
+    trainer = quick_trainer(2, enable_progress_bar=False, limit_val_batches=1)
     trainer.fit(SSALModule("tiny-wrn", 2, in_channels=3, warmup_epochs=1), dm)
     assert trainer.global_step == 2
 

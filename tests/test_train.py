@@ -10,6 +10,7 @@ import torch
 from ssal.cli import main
 from ssal.grouping import Grouping, load_groupings, save_groupings
 from ssal.train import SSALModule, load_checkpoint, lr_factor, read_checkpoint
+from tests.conftest import quick_trainer
 from tests.test_data import write_cifar100
 
 
@@ -184,7 +185,6 @@ def test_fit_with_bad_groupings_file_is_one_line(tmp_path, cifar_dir, capsys):
 def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
     """No per-step metric goes to Lightning's progress-bar dict (which it turns into Python
     numbers, a device sync, after every step); the bar shows the loss from the step output."""
-    import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     from ssal.data import InMemoryDataModule
@@ -201,15 +201,7 @@ def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
 
     dm = InMemoryDataModule("cifar100", str(cifar_dir), batch_size=32, heldout=0)
     module = SSALModule("tiny-wrn", 100, warmup_epochs=1)
-    trainer = L.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[TQDMProgressBar(refresh_rate=3)],
-    )
+    trainer = quick_trainer(6, limit_val_batches=0, callbacks=[TQDMProgressBar(refresh_rate=3)])
     use_loss_progress_bar(trainer)  # Lightning's bar becomes ours, same refresh rate
     bar = trainer.progress_bar_callback
     assert type(bar) is LossProgressBar and bar.refresh_rate == 3
