@@ -15,13 +15,10 @@ so the page can be checked (and re-plotted) without reading pixels.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +30,7 @@ import torch
 from ssal import analysis
 from ssal.files import write_text
 from ssal.grouping import CIFAR100_CLASSES, Grouping, cifar100_superclasses
+from ssal.pages import figure, html_page, html_table, img_tag, png_bytes
 
 __all__ = [
     "RunResult",
@@ -43,7 +41,6 @@ __all__ = [
     "evaluate_run",
     "find_runs",
     "hierarchy_levels",
-    "html_page",
     "plot_alpha",
     "plot_class_change",
     "plot_confusion",
@@ -53,9 +50,7 @@ __all__ = [
     "write_report",
 ]
 
-DATA_ELEMENT_ID = "ssal-data"
 MAX_CURVE_POINTS = 400  # risk-coverage points kept for plots and the embedded data
-DPI = 90
 
 
 # --------------------------------------------------------------------------- run folders
@@ -358,24 +353,6 @@ def _curve(rc: analysis.RiskCoverage) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- plots
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ValueError("reports need matplotlib: pip install matplotlib") from None
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
-
-
 def plot_training_curves(
     log: Mapping[str, Mapping[str, list[float]]], title: str
 ) -> tuple[bytes | None, dict[str, Any]]:
@@ -393,7 +370,7 @@ def plot_training_curves(
     if not losses and not accs:
         return None, {}
     data: dict[str, Any] = {"losses": {}, "accuracy": {}}
-    fig = _figure(8.0, 3.0)
+    fig = figure(8.0, 3.0)
     ax_loss, ax_acc = fig.subplots(1, 2)
     colors = {}
     palette = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"]
@@ -431,7 +408,7 @@ def plot_training_curves(
             ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return _png(fig), data
+    return png_bytes(fig), data
 
 
 def plot_confusion(
@@ -450,7 +427,7 @@ def plot_confusion(
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     c = len(order)
     side = min(9.0, max(4.0, 0.28 * c + 2.0))
-    fig = _figure(side, side * 0.9)
+    fig = figure(side, side * 0.9)
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
@@ -467,7 +444,7 @@ def plot_confusion(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
-    return _png(fig), {"order": order, "matrix": m.astype(np.int64)}
+    return png_bytes(fig), {"order": order, "matrix": m.astype(np.int64)}
 
 
 def plot_alpha(results: Sequence[RunResult]) -> tuple[bytes | None, dict[str, Any]]:
@@ -475,7 +452,7 @@ def plot_alpha(results: Sequence[RunResult]) -> tuple[bytes | None, dict[str, An
     ssal = [r for r in results if r.groupings]
     if not ssal:
         return None, {}
-    fig = _figure(6.0, 3.4)
+    fig = figure(6.0, 3.4)
     ax = fig.subplots()
     data: dict[str, Any] = {}
     for i, r in enumerate(ssal):
@@ -500,14 +477,14 @@ def plot_alpha(results: Sequence[RunResult]) -> tuple[bytes | None, dict[str, An
     ax.set_ylabel("+JP accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _png(fig), data
+    return png_bytes(fig), data
 
 
 def plot_risk_coverage(
     results: Sequence[RunResult], analyses: Sequence[Mapping[str, Any]]
 ) -> tuple[bytes, dict[str, Any]]:
     """Risk (fine head's error rate on what is kept) against coverage, per run and ranking."""
-    fig = _figure(6.0, 3.6)
+    fig = figure(6.0, 3.6)
     ax = fig.subplots()
     data: dict[str, Any] = {}
     for i, (r, a) in enumerate(zip(results, analyses, strict=True)):
@@ -530,7 +507,7 @@ def plot_risk_coverage(
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _png(fig), data
+    return png_bytes(fig), data
 
 
 def plot_class_change(
@@ -544,7 +521,7 @@ def plot_class_change(
     delta = (np.asarray(acc_after) - np.asarray(acc_before))[order]
     names = after.class_names
     c = len(order)
-    fig = _figure(min(12.0, max(5.0, 0.25 * c + 2.0)), 3.4)
+    fig = figure(min(12.0, max(5.0, 0.25 * c + 2.0)), 3.4)
     ax = fig.subplots()
     colors = ["C2" if d >= 0 else "C3" for d in np.nan_to_num(delta)]
     ax.bar(range(c), 100 * delta, color=colors)
@@ -556,7 +533,7 @@ def plot_class_change(
     ax.set_ylabel("accuracy change (points)")
     ax.set_title(f"per-class test accuracy: {after.source.name} minus {before.source.name}")
     ax.grid(alpha=0.3, axis="y")
-    return _png(fig), {
+    return png_bytes(fig), {
         "before": before.source.name,
         "after": after.source.name,
         "order": order,
@@ -565,23 +542,6 @@ def plot_class_change(
 
 
 # -------------------------------------------------------------------------------- html
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em;
-     border-bottom: 1px solid #ccc; } h3 { font-size: 1em; margin: 0.6em 0 0.3em; }
-.runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
-        gap: 1.2em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.4em 0; }
-th, td { border: 1px solid #ddd; padding: 0.2em 0.5em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead th { background: #f3f3f3; }
-img { max-width: 100%; height: auto; }
-.note { color: #555; font-size: 0.85em; max-width: 60em; }
-ul.groups { font-size: 0.85em; margin: 0.2em 0 0.8em; }
-"""
-
-
 def _pct(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
 
@@ -590,41 +550,6 @@ def _num(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.{digits}f}"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], caption: str = "") -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    cap = f"<caption>{e(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if png is None:
-        return f'<p class="note">{html.escape(alt)}: nothing to plot.</p>'
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON values: arrays to lists, NaN and infinities to ``null``."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, Grouping):
-        return obj.to_dict()
-    if isinstance(obj, (np.integer, bool, np.bool_)):
-        return obj.item() if isinstance(obj, np.generic) else obj
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _summary_rows(
@@ -694,7 +619,7 @@ def _set_aside_table(r: RunResult, a: Mapping[str, Any]) -> str:
     ]
     for i, v in enumerate(s["set_aside_branch_accuracy"]):
         rows.append([f"set aside: branch {i + 1} right (its groups)", _pct(v), ""])
-    return _table(["", "accuracy", "images"], rows)
+    return html_table(["", "accuracy", "images"], rows)
 
 
 def _pairwise_tables(a: Mapping[str, Any]) -> str:
@@ -709,7 +634,7 @@ def _pairwise_tables(a: Mapping[str, Any]) -> str:
             [f"{h} {cond} ({int(counts[i])})", *(_pct(v) for v in p[key][i])]
             for i, h in enumerate(heads)
         ]
-        out.append(_table([f"if ... is {cond}: how often is ... right", *heads], rows))
+        out.append(html_table([f"if ... is {cond}: how often is ... right", *heads], rows))
     return "".join(out)
 
 
@@ -729,7 +654,7 @@ def _hierarchy_table(r: RunResult, a: Mapping[str, Any]) -> str:
     for s, count in enumerate(h["severity_histogram"]):
         share = count / h["num_mistakes"] if h["num_mistakes"] else float("nan")
         rows.append([f"mistakes crossing {s} of {len(h['levels'])} levels", _pct(share)])
-    return _table(["", r.source.name], rows)
+    return html_table(["", r.source.name], rows)
 
 
 def _groupings_html(results: Sequence[RunResult], levels: Sequence[Grouping]) -> str:
@@ -771,7 +696,7 @@ def build_report(
     sections: list[str] = []
 
     names = [r.source.name for r in results]
-    summary = _table(["", *names], _summary_rows(results, analyses))
+    summary = html_table(["", *names], _summary_rows(results, analyses))
     sections.append(
         "<h2>Summary (test split)</h2>" + summary + '<p class="note">+TR: the fine head of a '
         "model trained with SSAL branches; +JP: the joint prediction of all heads, with alpha "
@@ -782,7 +707,9 @@ def build_report(
     curves_html = []
     for r, a in zip(results, analyses, strict=True):
         png, plotted = plot_training_curves(r.log, f"{r.source.name}: training curves")
-        curves_html.append(f"<div><h3>{e(r.source.name)}</h3>{_img(png, 'training curves')}</div>")
+        curves_html.append(
+            f"<div><h3>{e(r.source.name)}</h3>{img_tag(png, 'training curves')}</div>"
+        )
         entry = {
             "name": r.source.name,
             "checkpoint": r.source.checkpoint,
@@ -806,7 +733,7 @@ def build_report(
     data["accuracy_by_alpha"] = plotted
     sections.append(
         "<h2>Accuracy against alpha</h2>"
-        + _img(png, "accuracy against alpha (no SSAL run)")
+        + img_tag(png, "accuracy against alpha (no SSAL run)")
         + '<p class="note">+JP accuracy as a function of the combination factor alpha on the '
         "held-out split (dashed) and the test split (solid); alpha is chosen on the held-out "
         "split.</p>"
@@ -815,7 +742,7 @@ def build_report(
     png, plotted = plot_risk_coverage(results, analyses)
     sections.append(
         "<h2>Risk against coverage</h2>"
-        + _img(png, "risk-coverage")
+        + img_tag(png, "risk-coverage")
         + '<p class="note">Abstaining on the least trusted images first: by the fine head\'s '
         "confidence (max softmax), or by disagreement (images where more branches disagree "
         "with the fine head go first, ties by confidence). Risk is the fine head's error rate "
@@ -870,14 +797,14 @@ def build_report(
             order,
         )
         data["class_change"] = plotted
-        sections.append("<h2>Per-class accuracy change</h2>" + _img(png, "per-class change"))
+        sections.append("<h2>Per-class accuracy change</h2>" + img_tag(png, "per-class change"))
 
     blocks = []
     for r, a in zip(results, analyses, strict=True):
         png, _ = plot_confusion(
             a["confusion"], order, r.class_names, boundaries, f"{r.source.name}: fine head"
         )
-        blocks.append(f"<div><h3>{e(r.source.name)}</h3>{_img(png, 'confusion matrix')}</div>")
+        blocks.append(f"<div><h3>{e(r.source.name)}</h3>{img_tag(png, 'confusion matrix')}</div>")
     sections.append(
         "<h2>Confusion matrices (test split, classes ordered by groups)</h2><div class='runs'>"
         + "".join(blocks)
@@ -895,26 +822,6 @@ def build_report(
         for r in results
     )
     return html_page(title, f"<ul>{run_list}</ul>", sections, data)
-
-
-def html_page(
-    title: str, intro: str, sections: Sequence[str], data: Mapping[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    """A self-contained page: title, ``intro`` and ``sections`` (HTML), and ``data`` embedded
-    as JSON in ``<script id="ssal-data">``; returns the page and the plain-JSON data."""
-    e = html.escape
-    plain = _jsonable(data)
-    payload = json.dumps(plain, allow_nan=False).replace("</", "<\\/")
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{e(title)}</h1><p class='note'>Written {e(time.strftime('%Y-%m-%d %H:%M'))} by "
-        f"ssal report.</p>{intro}"
-        + "".join(sections)
-        + f'<script type="application/json" id="{DATA_ELEMENT_ID}">{payload}</script>'
-        + "</body></html>\n"
-    )
-    return page, plain
 
 
 def write_report(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ssal.files import write_text
-from ssal.report import _figure, _img, _png, _table, html_page
+from ssal.pages import figure, html_page, html_table, img_tag, png_bytes
 
 __all__ = [
     "build_study_report",
@@ -90,7 +90,7 @@ def _finite(v: Any) -> float:
 def plot_study_accuracy(summary: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """+TR and +JP per config: mean with ± std error bars, each seed as a dot."""
     names = list(summary["configs"])
-    fig = _figure(max(4.5, 1.3 * len(names) + 2.0), 3.4)
+    fig = figure(max(4.5, 1.3 * len(names) + 2.0), 3.4)
     ax = fig.subplots()
     data: dict[str, Any] = {"configs": names, "fine": {}, "joint": {}}
     heads = (
@@ -130,7 +130,7 @@ def plot_study_accuracy(summary: Mapping[str, Any]) -> tuple[bytes, dict[str, An
         "accuracy per config: mean ± std over seeds, dots: seeds; dashed: baseline", fontsize=9
     )
     ax.grid(alpha=0.3, axis="y")
-    return _png(fig), data
+    return png_bytes(fig), data
 
 
 def plot_differences(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
@@ -155,7 +155,7 @@ def plot_differences(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str
             )
     if not rows:
         return None, {"rows": []}
-    fig = _figure(6.5, 0.45 * len(rows) + 1.4)
+    fig = figure(6.5, 0.45 * len(rows) + 1.4)
     ax = fig.subplots()
     for y, r in enumerate(rows):
         color = "C0" if r["head"] == "+TR" else "C1"
@@ -179,7 +179,7 @@ def plot_differences(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str
         "paired difference with 95% t-interval over seeds (open: one seed, no interval)", fontsize=9
     )
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig), {"baseline": summary["baseline"], "rows": rows}
+    return png_bytes(fig), {"baseline": summary["baseline"], "rows": rows}
 
 
 def plot_convergence(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
@@ -187,7 +187,7 @@ def plot_convergence(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str
     from matplotlib.ticker import MaxNLocator
 
     data: dict[str, Any] = {"target": None, "configs": {}}
-    fig = _figure(6.5, 3.4)
+    fig = figure(6.5, 3.4)
     ax = fig.subplots()
     for k, (name, c) in enumerate(summary["configs"].items()):
         curves = [cv for cv in c.get("curves", []) if cv]
@@ -219,7 +219,7 @@ def plot_convergence(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str
     ax.set_title("convergence: mean ± std over seeds", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _png(fig), data
+    return png_bytes(fig), data
 
 
 # ------------------------------------------------------------------------------------ html
@@ -310,7 +310,7 @@ def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dic
     header += [f"epochs to {base}'s final", "seconds per run"]
     sections = [
         "<h2>Configs (test split)</h2>"
-        + _table(header, config_rows(summary))
+        + html_table(header, config_rows(summary))
         + '<p class="note">Mean ± std over seeds (sample std). +TR: the fine head; +JP: the '
         "joint prediction of all heads with alpha tuned on the held-out split of each run. "
         f"Epochs to {e(base)}'s final: the first epoch whose test accuracy reaches the "
@@ -320,18 +320,18 @@ def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dic
     header = ["config", "+TR - base (pts)", "+TR shows", "+JP - base (pts)", "+JP shows"]
     sections.append(
         f"<h2>Difference from {e(base)}</h2>"
-        + _table([*header, "paired seeds"], difference_rows(summary))
-        + _img(png, "paired differences")
+        + html_table([*header, "paired seeds"], difference_rows(summary))
+        + img_tag(png, "paired differences")
         + f'<p class="note">{e(summary["interval"])}; the same seed of two configs forms a '
         f"pair, and both heads are compared with {e(base)}'s +TR. A gain or a loss is shown "
         "only where the interval excludes zero.</p>"
     )
     png, data["accuracy"] = plot_study_accuracy(summary)
-    sections.append("<h2>Accuracy over seeds</h2>" + _img(png, "accuracy per config"))
+    sections.append("<h2>Accuracy over seeds</h2>" + img_tag(png, "accuracy per config"))
     png, data["convergence"] = plot_convergence(summary)
-    sections.append("<h2>Convergence</h2>" + _img(png, "test accuracy per epoch"))
+    sections.append("<h2>Convergence</h2>" + img_tag(png, "test accuracy per epoch"))
     header = ["a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)", "+JP(b) - +TR(a)"]
-    sections.append("<h2>All pairs (b - a, points)</h2>" + _table(header, pair_rows(summary)))
+    sections.append("<h2>All pairs (b - a, points)</h2>" + html_table(header, pair_rows(summary)))
     finished, planned = summary.get("finished_runs"), summary.get("planned_runs")
     runs = f"<p class='note'>{finished} of {planned} runs finished.</p>" if finished else ""
     return html_page(title, runs, sections, data)
