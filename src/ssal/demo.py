@@ -9,6 +9,7 @@ agreement figures (accuracy where all heads agree, share of such images).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ def _train(module: SSALModule, dm: InMemoryDataModule, out: Path, epochs: int, q
         deterministic=False,
     )
     use_loss_progress_bar(trainer)
-    trainer.fit(module, dm)
+    with warnings.catch_warnings():  # the run folder holds its logs/ beside model.ckpt
+        warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, dm)
     return Path(ckpt.best_model_path or ckpt.last_model_path or out / "model.ckpt")
 
 
