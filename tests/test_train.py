@@ -3,6 +3,7 @@ import json
 import pickle
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -184,30 +185,54 @@ def test_fit_with_bad_groupings_file_is_one_line(tmp_path, cifar_dir, capsys):
 
 def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
     """No per-step metric goes to Lightning's progress-bar dict (which it turns into Python
-    numbers, a device sync, after every step); the bar shows the loss from the step output."""
-    from lightning.pytorch.callbacks import TQDMProgressBar
+    numbers, a device sync, after every step); the bar reads the loss from the step output at
+    most every ``read_every`` steps, undoing the division by gradient accumulation."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     from ssal.data import InMemoryDataModule
-    from ssal.loggers import LossProgressBar, use_loss_progress_bar
+    from ssal.loggers import LossProgressBar, LossRichProgressBar, use_loss_progress_bar
 
-    redraws = []
+    # Lightning's default bar (rich, installed with ssal) and a configured tqdm bar are swapped
+    default = quick_trainer(1)
+    assert type(default.progress_bar_callback) is RichProgressBar
+    use_loss_progress_bar(default)
+    assert type(default.progress_bar_callback) is LossRichProgressBar
+    assert default.progress_bar_callback.read_every == 1  # on the CPU a read costs nothing
+    off = quick_trainer(1, enable_progress_bar=False)
+    use_loss_progress_bar(off)
+    assert off.progress_bar_callback is None
+
+    reads = []
 
     class Spy(LossProgressBar):
         def get_metrics(self, trainer, pl_module):  # noqa: ANN001, ANN201
+            pending = self._pending
             metrics = super().get_metrics(trainer, pl_module)
-            if trainer.training and "loss" in metrics:
-                redraws.append((trainer.global_step, metrics["loss"], float(self._loss)))
+            if trainer.training and pending and not self._pending:
+                reads.append((trainer.global_step, metrics["loss"]))
             return metrics
+
+    logged = []
+
+    class Loss(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+            logged.append(float(trainer.callback_metrics["train/loss"]))
 
     dm = InMemoryDataModule("cifar100", str(cifar_dir), batch_size=32, heldout=0)
     module = SSALModule("tiny-wrn", 100, warmup_epochs=1)
-    trainer = quick_trainer(6, limit_val_batches=0, callbacks=[TQDMProgressBar(refresh_rate=3)])
-    use_loss_progress_bar(trainer)  # Lightning's bar becomes ours, same refresh rate
+    trainer = quick_trainer(
+        4,
+        limit_val_batches=0,
+        accumulate_grad_batches=2,
+        callbacks=[TQDMProgressBar(refresh_rate=1), Loss()],
+    )
+    use_loss_progress_bar(trainer, read_every=3)
     bar = trainer.progress_bar_callback
-    assert type(bar) is LossProgressBar and bar.refresh_rate == 3
-    trainer.callbacks[trainer.callbacks.index(bar)] = Spy(bar.refresh_rate)
-    trainer.fit(module, dm)
+    assert type(bar) is LossProgressBar and bar.refresh_rate == 1 and bar.read_every == 3
+    trainer.callbacks[trainer.callbacks.index(bar)] = Spy(read_every=3)
+    trainer.fit(module, dm)  # 4 optimizer steps of 2 batches each
     assert not any(k.startswith("train/") for k in trainer.progress_bar_metrics)
-    # read at the redraws (steps 3 and 6) and once more as the epoch ends, never per step
-    assert {step for step, _, _ in redraws} == {3, 6} and len(redraws) <= 3
-    assert all(shown == f"{value:.4g}" for _, shown, value in redraws)
+    # read at batches 1, 4 and 7 of 8, never after every batch
+    assert len(reads) == 3
+    # the loss shown is the batch's loss as logged, not the accumulation-scaled one
+    assert float(reads[-1][1]) == pytest.approx(logged[6], rel=1e-3)

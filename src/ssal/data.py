@@ -1116,7 +1116,10 @@ def _read_file(path: str) -> torch.Tensor:
     """A file's bytes as a uint8 tensor (what ``decode_jpeg`` takes), in ordinary memory:
     ``torchvision.io.read_file`` maps the file, and a mapped tensor cannot travel back from a
     DataLoader worker (the loader hangs)."""
-    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    data = Path(path).read_bytes()
+    if not data:
+        raise ValueError(f"{path}: empty image file")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _collate_encoded(
@@ -1158,8 +1161,9 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> list
 
 
 def _decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
-    """One image to RGB uint8 (3, H, W): torchvision's decoders, else PIL (BMP, TIFF, ...);
-    16-bit images are scaled to 8 bits, as PIL's RGB conversion does on the CPU path."""
+    """One image to RGB uint8 (3, H, W): torchvision's decoders, else PIL (BMP, TIFF, ...).
+    16-bit PNGs are scaled to 8 bits (the CPU path's PIL conversion clips them at 255, and so
+    does the PIL fallback here)."""
     import io
 
     from torchvision.io import ImageReadMode, decode_image
@@ -1414,12 +1418,15 @@ class ImageFolderDataModule(lightning.LightningDataModule):
         return torch.stack(out)
 
     def _crop_generator(self) -> torch.Generator:
-        """CPU generator for the device-side crops, seeded by ``seed`` and the process rank
-        (ranks seeded alike by ``seed_everything`` would otherwise crop alike)."""
+        """CPU generator for the device-side crops, seeded by ``seed``, the run's
+        ``seed_everything`` seed and the process rank (ranks seeded alike would otherwise crop
+        alike). A resumed run starts the stream again."""
         if self._generator is None:
             trainer = getattr(self, "trainer", None)
             rank = trainer.global_rank if trainer is not None else 0
-            self._generator = torch.Generator().manual_seed(self.seed * 100_003 + rank + 1)
+            run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            seed = (self.seed * 1_000_003 + run_seed) * 1_009 + rank + 1
+            self._generator = torch.Generator().manual_seed(seed % 2**63)
         return self._generator
 
     def transfer_batch_to_device(

@@ -180,26 +180,14 @@ def _resolve_last(cfg: Any) -> None:
     cfg.ckpt_path = str(path)
 
 
-# Steps between progress-bar refreshes on CUDA: each refresh reads the loss, a host sync.
-PROGRESS_REFRESH_STEPS = 25
-
-
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
-    import torch
-
-    saved = {k: os.environ.get(k) for k in (AUTO_GROUPINGS_ENV, "TQDM_MINITERS")}
-    if torch.cuda.is_available() and saved["TQDM_MINITERS"] is None:
-        # Lightning's progress bar refreshes no more often than TQDM_MINITERS steps
-        os.environ["TQDM_MINITERS"] = str(PROGRESS_REFRESH_STEPS)
+    inherited = AUTO_GROUPINGS_ENV in os.environ
     try:
         _cli(argv)
-    finally:  # a later run in this process derives its own groupings
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    finally:
+        if not inherited:  # a later run in this process derives its own groupings
+            os.environ.pop(AUTO_GROUPINGS_ENV, None)
     return 0
 
 

@@ -8,13 +8,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 __all__ = [
     "LossProgressBar",
+    "LossRichProgressBar",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "ResumableCSVLogger",
@@ -22,40 +23,82 @@ __all__ = [
 ]
 
 
-class LossProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, showing the training loss read only when the bar redraws.
+class _LossOnRedraw:
+    """Shows the training loss taken from each step's output, turned into a number (a host
+    sync on a GPU) at most once every ``read_every`` steps, instead of Lightning's way: a metric
+    logged with ``prog_bar=True`` is read after every step, whether a bar is shown or not.
+    ``v_num`` is the first logger's version (the CSV run folder)."""
 
-    A metric logged with ``prog_bar=True`` on every step is turned into a Python number on
-    every step (a host-device sync); this bar takes the loss from the step's output instead,
-    so on a GPU with ``refresh_rate`` N the device is waited for once every N steps.
-    """
-
-    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False):
-        super().__init__(refresh_rate, process_position, leave)
+    def __init__(self, *args: Any, read_every: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_every = max(1, int(read_every))
         self._loss: torch.Tensor | None = None
+        self._scale = 1.0
+        self._pending = 0
+        self._text: str | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self._loss = loss if isinstance(loss, torch.Tensor) else None
+        if isinstance(loss, torch.Tensor):
+            self._loss = loss
+            # automatic optimisation hands back the loss divided by the accumulation count
+            accumulating = pl_module.automatic_optimization and trainer.accumulate_grad_batches
+            self._scale = float(accumulating or 1)
+            self._pending += 1
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_start(self, trainer, *args: Any) -> None:  # noqa: ANN001
-        self._loss = None
+        self._loss, self._text, self._pending = None, None, 0
         super().on_train_epoch_start(trainer, *args)
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:  # noqa: ANN001
         metrics = super().get_metrics(trainer, pl_module)
-        if self._loss is not None:
-            metrics["loss"] = f"{float(self._loss):.4g}"
+        if trainer.loggers and trainer.loggers[0].version not in ("", None):
+            metrics["v_num"] = trainer.loggers[0].version
+        if self._loss is not None and (self._text is None or self._pending >= self.read_every):
+            self._text = f"{float(self._loss) * self._scale:.4g}"
+            self._pending = 0
+        if self._text is not None:
+            metrics["loss"] = self._text
         return metrics
 
 
-def use_loss_progress_bar(trainer: L.Trainer) -> None:
-    """Swap Lightning's default tqdm bar for :class:`LossProgressBar` (same refresh rate);
-    a disabled bar or one the user chose stays as it is."""
+class LossProgressBar(_LossOnRedraw, TQDMProgressBar):
+    """Lightning's tqdm bar with the training loss read at most every ``read_every`` steps."""
+
+
+class LossRichProgressBar(_LossOnRedraw, RichProgressBar):
+    """Lightning's rich bar (its default when rich is installed) with the training loss read
+    at most every ``read_every`` steps (rich redraws the metrics after every step)."""
+
+
+# Steps between reads of the loss for the progress bar on a GPU (each read waits for it).
+GPU_READ_EVERY = 25
+
+
+def use_loss_progress_bar(trainer: L.Trainer, read_every: int | None = None) -> None:
+    """Swap Lightning's tqdm or rich bar (its default, or one configured with its settings) for
+    the subclass above with the same settings; other bars, or none, stay as they are.
+
+    ``read_every`` defaults to 25 steps on CUDA and every step elsewhere.
+    """
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    if read_every is None:
+        read_every = GPU_READ_EVERY if isinstance(trainer.accelerator, CUDAAccelerator) else 1
     for i, cb in enumerate(trainer.callbacks):
         if type(cb) is TQDMProgressBar:
-            trainer.callbacks[i] = LossProgressBar(cb.refresh_rate, cb.process_position)
+            trainer.callbacks[i] = LossProgressBar(
+                cb.refresh_rate, cb.process_position, cb._leave, read_every=read_every
+            )
+        elif type(cb) is RichProgressBar:
+            trainer.callbacks[i] = LossRichProgressBar(
+                refresh_rate=cb.refresh_rate,
+                leave=cb._leave,
+                theme=cb.theme,
+                console_kwargs=cb._console_kwargs,
+                read_every=read_every,
+            )
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -54,8 +54,9 @@ def find_study(path: str | Path) -> Path | None:
         return p
     if p.is_dir() and any(p.glob("*/seed*/log.txt")):
         raise FileNotFoundError(
-            f"{p} holds a study without {STUDY_FILE} yet: it is written as soon as a run "
-            "finishes; wait for one, or run the same ssal study command again"
+            f"{p} holds a study without {STUDY_FILE} yet: it is written when a run finishes; "
+            "wait for the first one (if the study was stopped, run the same ssal study command "
+            "again to resume it)"
         )
     return None
 
