@@ -54,7 +54,7 @@ class _LossOnRedraw:
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:  # noqa: ANN001
         metrics = super().get_metrics(trainer, pl_module)
         if trainer.loggers and trainer.loggers[0].version not in ("", None):
-            metrics["v_num"] = trainer.loggers[0].version
+            metrics["v_num"] = str(trainer.loggers[0].version)
         if self._loss is not None and (self._text is None or self._pending >= self.read_every):
             self._text = f"{float(self._loss) * self._scale:.4g}"
             self._pending = 0
