@@ -760,3 +760,13 @@ def test_random_resized_crop_box_rule_and_seeding() -> None:
         dm._generator, dm.trainer = None, SimpleNamespace(global_rank=rank)
         draws.setdefault(rank, []).append(random_resized_crop_box(60, 80, dm._crop_generator()))
     assert draws[0][0] == draws[0][1] and draws[0][0] != draws[1][0]
+    # a checkpoint carries the stream: a restored module draws what the first would draw next
+    state = dm.state_dict()
+    assert list(state) == ["crop_generator"] and state["crop_generator"].dtype == torch.uint8
+    restored = ImageFolderDataModule("unused", seed=3)
+    restored.load_state_dict(state)
+    for _ in range(3):
+        assert random_resized_crop_box(60, 80, restored._crop_generator()) == (
+            random_resized_crop_box(60, 80, dm._crop_generator())
+        )
+    assert ImageFolderDataModule("unused").state_dict() == {}

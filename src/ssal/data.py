@@ -1420,7 +1420,7 @@ class ImageFolderDataModule(lightning.LightningDataModule):
     def _crop_generator(self) -> torch.Generator:
         """CPU generator for the device-side crops, seeded by ``seed``, the run's
         ``seed_everything`` seed and the process rank (ranks seeded alike would otherwise crop
-        alike). A resumed run starts the stream again."""
+        alike). Checkpoints carry its state (:meth:`state_dict`)."""
         if self._generator is None:
             trainer = getattr(self, "trainer", None)
             rank = trainer.global_rank if trainer is not None else 0
@@ -1428,6 +1428,16 @@ class ImageFolderDataModule(lightning.LightningDataModule):
             seed = (self.seed * 1_000_003 + run_seed) * 1_009 + rank + 1
             self._generator = torch.Generator().manual_seed(seed % 2**63)
         return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """The device-side crop stream's state, saved in checkpoints so a resumed run goes on
+        with the crops an uninterrupted one would have drawn."""
+        return {} if self._generator is None else {"crop_generator": self._generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the crop stream saved by :meth:`state_dict`."""
+        if "crop_generator" in state_dict:
+            self._crop_generator().set_state(state_dict["crop_generator"])
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
