@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,3 +22,33 @@ def quick_trainer(max_steps: int, **kwargs):  # noqa: ANN201 - a lightning.Train
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False
     )
     return L.Trainer(max_steps=max_steps, **{**defaults, **kwargs})
+
+
+def write_tiny_config(
+    path: Path,
+    data_dir: Path | None = None,
+    trainer: dict | None = None,
+    data: dict | None = None,
+    model: dict | None = None,
+) -> Path:
+    """A 2-epoch CPU ``ssal fit`` config of tiny-wrn on (fake) CIFAR-100 files in ``data_dir``;
+    ``trainer``, ``data`` (init_args) and ``model`` entries add to or replace the defaults."""
+    import yaml
+
+    init = {"dataset": "cifar100", "batch_size": 32, "heldout": 0.2, **(data or {})}
+    if data_dir is not None:
+        init["data_dir"] = str(data_dir)
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **(trainer or {}),
+        },
+        "data": {"class_path": "ssal.data.InMemoryDataModule", "init_args": init},
+        "model": {"model": "tiny-wrn", "lr": 0.05, "warmup_epochs": 1, **(model or {})},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_tiny_config
 from tests.test_data import write_cifar100
 
 
@@ -26,27 +27,12 @@ def run(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProces
 @pytest.mark.slow
 def test_two_process_ddp_fit_and_validate_match_single_process(tmp_path):
     write_cifar100(tmp_path / "data", n_train=400, n_test=101)  # odd: uneven shares
-    config = tmp_path / "ddp.yaml"
-    config.write_text(
-        f"""
-seed_everything: 0
-trainer:
-  max_epochs: 2
-  accelerator: cpu
-  devices: 2
-  strategy: ddp
-  enable_progress_bar: false
-  enable_model_summary: false
-data:
-  class_path: ssal.data.InMemoryDataModule
-  init_args: {{dataset: cifar100, data_dir: {tmp_path / "data"}, batch_size: 16,
-              eval_batch_size: 8, heldout: 0.2}}
-model:
-  model: tiny-wrn
-  groupings: cifar100-superclasses
-  lr: 0.05
-  warmup_epochs: 1
-"""
+    config = write_tiny_config(
+        tmp_path / "ddp.yaml",
+        tmp_path / "data",
+        trainer={"devices": 2, "strategy": "ddp"},
+        data={"batch_size": 16, "eval_batch_size": 8},
+        model={"groupings": "cifar100-superclasses"},
     )
     run(tmp_path, "fit", "--config", str(config))
     runs = sorted((tmp_path / "runs/ssal").iterdir())

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -14,36 +13,26 @@ import torch
 
 from ssal.data import DEFAULT_FASHION_MNIST_DIR
 from ssal.train import read_checkpoint
+from tests.conftest import write_tiny_config
 
 HAVE_FMNIST = (Path(DEFAULT_FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file()
 EPOCHS, TRAIN, BATCH = 3, 3000, 64
 
 
 def write_config(tmp: Path) -> Path:
-    config = tmp / "run.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            seed_everything: 0
-            trainer:
-              max_epochs: {EPOCHS}
-              accelerator: cpu
-              enable_progress_bar: false
-              enable_model_summary: false
-              log_every_n_steps: 10
-            data:
-              class_path: ssal.data.InMemoryDataModule
-              init_args: {{dataset: fashion-mnist, train_size: {TRAIN}, batch_size: {BATCH},
-                           eval_batch_size: 1000, heldout: 0.1, max_shift: 2}}
-            model:
-              model: small-cnn
-              lr: 0.05
-              warmup_epochs: 1
-              nesterov: true
-            """
-        )
+    return write_tiny_config(
+        tmp / "run.yaml",
+        trainer={"max_epochs": EPOCHS, "log_every_n_steps": 10},
+        data={
+            "dataset": "fashion-mnist",
+            "train_size": TRAIN,
+            "batch_size": BATCH,
+            "eval_batch_size": 1000,
+            "heldout": 0.1,
+            "max_shift": 2,
+        },
+        model={"model": "small-cnn", "nesterov": True},
     )
-    return config
 
 
 def ssal_fit(cwd: Path, *args: str) -> subprocess.Popen:

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from ssal.cli import main
 from ssal.train import load_checkpoint, read_checkpoint
+from tests.conftest import write_tiny_config
 from tests.test_data import write_cifar100
 
 
@@ -17,27 +18,13 @@ from tests.test_data import write_cifar100
 def trained(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("run")
     write_cifar100(tmp / "data", n_train=300, n_test=60)
-    config = tmp / "c.yaml"
-    config.write_text(
-        f"""
-seed_everything: 0
-trainer:
-  max_epochs: 2
-  accelerator: cpu
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger:
-    class_path: ssal.loggers.ResumableCSVLogger
-    init_args: {{save_dir: {tmp / "runs"}, name: ssal}}
-data:
-  class_path: ssal.data.InMemoryDataModule
-  init_args: {{dataset: cifar100, data_dir: {tmp / "data"}, batch_size: 32, heldout: 0.2}}
-model:
-  model: tiny-wrn
-  groupings: cifar100-superclasses
-  lr: 0.05
-  warmup_epochs: 1
-"""
+    logger = {"class_path": "ssal.loggers.ResumableCSVLogger"}
+    logger["init_args"] = {"save_dir": str(tmp / "runs"), "name": "ssal"}
+    config = write_tiny_config(
+        tmp / "c.yaml",
+        tmp / "data",
+        trainer={"logger": logger},
+        model={"groupings": "cifar100-superclasses"},
     )
     assert main(["fit", "--config", str(config)]) == 0
     run = tmp / "runs/ssal/version_0"

@@ -11,7 +11,7 @@ import torch
 from ssal.cli import main
 from ssal.grouping import Grouping, load_groupings, save_groupings
 from ssal.train import SSALModule, load_checkpoint, lr_factor, read_checkpoint
-from tests.conftest import quick_trainer
+from tests.conftest import quick_trainer, write_tiny_config
 from tests.test_data import write_cifar100
 
 
@@ -58,28 +58,13 @@ def cifar_dir(tmp_path: Path) -> Path:
 
 
 def fit_tiny(tmp_path: Path, cifar_dir: Path, *extra: str) -> Path:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"""
-seed_everything: 0
-trainer:
-  max_epochs: 2
-  accelerator: cpu
-  enable_progress_bar: false
-  enable_model_summary: false
-  default_root_dir: {tmp_path}
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {{save_dir: {tmp_path / "runs"}, name: tiny}}
-data:
-  class_path: ssal.data.InMemoryDataModule
-  init_args: {{dataset: cifar100, data_dir: {cifar_dir}, batch_size: 32, eval_batch_size: 64,
-              heldout: 0.2}}
-model:
-  model: tiny-wrn
-  lr: 0.05
-  warmup_epochs: 1
-"""
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger"}
+    logger["init_args"] = {"save_dir": str(tmp_path / "runs"), "name": "tiny"}
+    config = write_tiny_config(
+        tmp_path / "tiny.yaml",
+        cifar_dir,
+        trainer={"default_root_dir": str(tmp_path), "logger": logger},
+        data={"eval_batch_size": 64},
     )
     assert main(["fit", "--config", str(config), *extra]) == 0
     return tmp_path / "runs" / "tiny" / "version_0"
