@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,14 @@ from ssal.cli import main
 from ssal.data import load_dataset
 from ssal.shards import ShardDataModule, read_meta
 from tests.test_data import write_cifar100, write_image_folder
+
+
+def convert(dataset: str, data_dir: Path, out: Path, *options: str) -> int:
+    """``ssal data convert --dataset D --data-dir DIR --out OUT [options]``."""
+    return main(
+        ["data", "convert", "--dataset", dataset, "--data-dir", str(data_dir), "--out", str(out)]
+        + list(options)
+    )
 
 
 def digest(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, str]]:
@@ -29,23 +38,7 @@ def test_cifar_round_trip(tmp_path, workers):
     write_cifar100(tmp_path / "data", n_train=200, n_test=30)
     out = tmp_path / "shards"
     assert (
-        main(
-            [
-                "data",
-                "convert",
-                "--dataset",
-                "cifar100",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--out",
-                str(out),
-                "--shard-size",
-                "64",
-                "--heldout",
-                "0.25",
-            ]
-        )
-        == 0
+        convert("cifar100", tmp_path / "data", out, "--shard-size", "64", "--heldout", "0.25") == 0
     )
     meta = read_meta(out)
     assert meta["splits"]["train"]["samples"] == 150 and meta["splits"]["heldout"]["samples"] == 50
@@ -75,20 +68,7 @@ def test_cifar_round_trip(tmp_path, workers):
 def test_eval_shares_across_ranks_cover_everything_once(tmp_path, monkeypatch):
     write_cifar100(tmp_path / "data", n_train=20, n_test=50)
     out = tmp_path / "shards"
-    main(
-        [
-            "data",
-            "convert",
-            "--dataset",
-            "cifar100",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-            "--shard-size",
-            "8",
-        ]
-    )
+    convert("cifar100", tmp_path / "data", out, "--shard-size", "8")
     dm = ShardDataModule(str(out), eval_batch_size=5, num_workers=0)
     shares = []
     for rank in (0, 1):
@@ -103,23 +83,7 @@ def test_eval_shares_across_ranks_cover_everything_once(tmp_path, monkeypatch):
 def test_image_folder_round_trip(tmp_path):
     write_image_folder(tmp_path / "folder")
     out = tmp_path / "shards"
-    assert (
-        main(
-            [
-                "data",
-                "convert",
-                "--dataset",
-                "imagefolder",
-                "--data-dir",
-                str(tmp_path / "folder"),
-                "--out",
-                str(out),
-                "--shard-size",
-                "3",
-            ]
-        )
-        == 0
-    )
+    assert convert("imagefolder", tmp_path / "folder", out, "--shard-size", "3") == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["class_names"] == ["cat", "dog"] and meta["splits"]["test"]["samples"] == 4
     dm = ShardDataModule(str(out), eval_batch_size=4, image_size=16, num_workers=0)
@@ -130,18 +94,7 @@ def test_image_folder_round_trip(tmp_path):
 def test_convert_refuses_existing_output_and_missing_meta(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("precious")
-    code = main(
-        [
-            "data",
-            "convert",
-            "--dataset",
-            "cifar100",
-            "--data-dir",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = convert("cifar100", tmp_path, tmp_path / "out")
     assert code == 2 and "not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
     with pytest.raises(FileNotFoundError, match="ssal data convert"):
@@ -153,22 +106,7 @@ def test_fit_and_evaluate_from_shards(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_cifar100(tmp_path / "data", n_train=200, n_test=30)
     out = tmp_path / "shards"
-    main(
-        [
-            "data",
-            "convert",
-            "--dataset",
-            "cifar100",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-            "--shard-size",
-            "50",
-            "--heldout",
-            "0.2",
-        ]
-    )
+    convert("cifar100", tmp_path / "data", out, "--shard-size", "50", "--heldout", "0.2")
     config = tmp_path / "c.yaml"
     config.write_text(
         "trainer: {max_epochs: 1, accelerator: cpu, enable_progress_bar: false}\n"
