@@ -41,18 +41,6 @@ PAPER = {
         weights=[0.8, 0.9, 1.0],
         alpha=0.4,
     ),
-    "sewrn16-8_baseline": dict(epochs=80, batch=64, lr=0.016, momentum=0.9, nesterov=True, wd=7e-4),
-    "sewrn16-8_ssal": dict(
-        epochs=80,
-        batch=64,
-        lr=0.021,
-        momentum=0.9,
-        nesterov=True,
-        wd=7e-4,
-        aux_wd=3e-4,
-        weights=[0.8, 0.9, 1.0],
-        alpha=0.4,
-    ),
     "densenet190-40_baseline": dict(
         epochs=100, batch=32, lr=0.08, momentum=0.9, nesterov=True, wd=3e-4, smoothing=0.1
     ),
@@ -69,6 +57,9 @@ PAPER = {
         smoothing=0.1,
     ),
 }
+
+PAPER["sewrn16-8_baseline"] = PAPER["wrn28-10_baseline"]
+PAPER["sewrn16-8_ssal"] = PAPER["wrn28-10_ssal"]
 
 
 def load(path: Path) -> dict:
