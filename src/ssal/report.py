@@ -678,6 +678,13 @@ def _groupings_html(results: Sequence[RunResult], levels: Sequence[Grouping]) ->
     return "".join(parts) or '<p class="note">no groupings (baseline runs only).</p>'
 
 
+def _side_by_side(title: str, names: Sequence[str], bodies: Iterable[str]) -> str:
+    """A section with one block per run (its name over its body), side by side."""
+    e = html.escape
+    blocks = "".join(f"<div><h3>{e(n)}</h3>{b}</div>" for n, b in zip(names, bodies, strict=True))
+    return f"<h2>{e(title)}</h2><div class='runs'>{blocks}</div>"
+
+
 def build_report(
     results: Sequence[RunResult], title: str = "ssal report"
 ) -> tuple[str, dict[str, Any]]:
@@ -704,12 +711,11 @@ def build_report(
         "better).</p>"
     )
 
+    runs = list(zip(results, analyses, strict=True))
     curves_html = []
-    for r, a in zip(results, analyses, strict=True):
+    for r, a in runs:
         png, plotted = plot_training_curves(r.log, f"{r.source.name}: training curves")
-        curves_html.append(
-            f"<div><h3>{e(r.source.name)}</h3>{img_tag(png, 'training curves')}</div>"
-        )
+        curves_html.append(img_tag(png, "training curves"))
         entry = {
             "name": r.source.name,
             "checkpoint": r.source.checkpoint,
@@ -727,7 +733,7 @@ def build_report(
             **{k: v for k, v in a.items()},
         }
         data["runs"].append(entry)
-    sections.append("<h2>Training curves</h2><div class='runs'>" + "".join(curves_html) + "</div>")
+    sections.append(_side_by_side("Training curves", names, curves_html))
 
     png, plotted = plot_alpha(results)
     data["accuracy_by_alpha"] = plotted
@@ -749,34 +755,27 @@ def build_report(
         "on the images kept.</p>"
     )
 
-    blocks = [
-        f"<div><h3>{e(r.source.name)}</h3>"
-        + (_set_aside_table(r, a) if r.groupings else "<p class='note'>no branches.</p>")
-        + "</div>"
-        for r, a in zip(results, analyses, strict=True)
-    ]
     sections.append(
-        "<h2>Set-aside analysis (the paper's)</h2><div class='runs'>" + "".join(blocks) + "</div>"
-        '<p class="note">Predictions where some branch disagrees with the fine head (the branch\'s '
-        "group is not the group of the fine class) are set aside as doubtful.</p>"
+        _side_by_side(
+            "Set-aside analysis (the paper's)",
+            names,
+            (
+                _set_aside_table(r, a) if r.groupings else "<p class='note'>no branches.</p>"
+                for r, a in runs
+            ),
+        )
+        + '<p class="note">Predictions where some branch disagrees with the fine head (the '
+        "branch's group is not the group of the fine class) are set aside as doubtful.</p>"
     )
-    blocks = [
-        f"<div><h3>{e(r.source.name)}</h3>{_pairwise_tables(a)}</div>"
-        for r, a in zip(results, analyses, strict=True)
-    ]
     sections.append(
-        "<h2>Pairwise table of heads</h2><div class='runs'>" + "".join(blocks) + "</div>"
-        '<p class="note">Row: the condition (head i right, or wrong, with its count); column: '
+        _side_by_side("Pairwise table of heads", names, (_pairwise_tables(a) for _, a in runs))
+        + '<p class="note">Row: the condition (head i right, or wrong, with its count); column: '
         "how often head j is right then. The fine head is right when its class is the label, "
         "branch i when its group is the label's group.</p>"
     )
-    blocks = [
-        f"<div><h3>{e(r.source.name)}</h3>{_hierarchy_table(r, a)}</div>"
-        for r, a in zip(results, analyses, strict=True)
-    ]
     sections.append(
-        "<h2>Hierarchy-aware metrics</h2><div class='runs'>" + "".join(blocks) + "</div>"
-        '<p class="note">Levels: '
+        _side_by_side("Hierarchy-aware metrics", names, (_hierarchy_table(r, a) for r, a in runs))
+        + '<p class="note">Levels: '
         + e(", ".join(g.name for g in levels) or "none")
         + ". Coarse accuracy: the fine head's class falls into the label's group. Mistake "
         "severity: for each wrong answer, the number of levels at which answer and label lie in "
@@ -799,16 +798,18 @@ def build_report(
         data["class_change"] = plotted
         sections.append("<h2>Per-class accuracy change</h2>" + img_tag(png, "per-class change"))
 
-    blocks = []
-    for r, a in zip(results, analyses, strict=True):
-        png, _ = plot_confusion(
+    confusions = (
+        plot_confusion(
             a["confusion"], order, r.class_names, boundaries, f"{r.source.name}: fine head"
-        )
-        blocks.append(f"<div><h3>{e(r.source.name)}</h3>{img_tag(png, 'confusion matrix')}</div>")
+        )[0]
+        for r, a in runs
+    )
     sections.append(
-        "<h2>Confusion matrices (test split, classes ordered by groups)</h2><div class='runs'>"
-        + "".join(blocks)
-        + "</div>"
+        _side_by_side(
+            "Confusion matrices (test split, classes ordered by groups)",
+            names,
+            (img_tag(png, "confusion matrix") for png in confusions),
+        )
         + "".join(
             f'<p class="note">{kind} lines: the groups of {e(g.name)}.</p>'
             for kind, g in zip(("Solid red", "Dashed orange"), boundaries, strict=False)
