@@ -63,7 +63,7 @@ def test_set_aside_matches_streaming_metrics():
     labels = torch.randint(0, 10, (300,))
     m = SSALMetrics([torch.as_tensor(g) for g in groupings], 10, alpha=0.4)
     m.update(logits, branches, labels)
-    expected = m.compute()["consistency"]
+    expected = m.compute()["set_aside"]
     s = structured_predict(logits, branches, groupings, 0.4)
     got = analysis.set_aside_analysis(
         s.fine_class, s.branch_group, labels, groupings, s.joint_class

@@ -3,14 +3,15 @@ import pytest
 import torch
 
 import ssal
-from ssal.backbones.registry import _default_groupings
-from ssal.cli import PAPER_PARAMS
+from ssal.backbones.registry import default_groupings, get_entry, list_models
+
+PAPER_PARAMS = {n: get_entry(n).paper_params for n in list_models() if get_entry(n).paper_params}
 
 
 def counts(name: str, groups=(20, 33, 50)) -> tuple[int, int]:
     with torch.device("meta"):
         base = ssal.create_model(name, 100).num_parameters()["total"]
-        full = ssal.create_model(name, 100, _default_groupings(100, groups)).num_parameters()
+        full = ssal.create_model(name, 100, default_groupings(100, groups)).num_parameters()
     return base, full["total"]
 
 
@@ -60,8 +61,13 @@ def test_registry_names_and_families():
 
 
 def test_groupings_must_fit():
-    with pytest.raises(ValueError, match="2 groupings for 3 branch positions"):
-        ssal.create_model("tiny-wrn", 10, [np.arange(10) % 2] * 2)
+    # fewer groupings than positions: the deepest positions (and their layouts)
+    entry = ssal.get_entry("tiny-wrn")
+    two = ssal.create_model("tiny-wrn", 10, [np.arange(10) % 2] * 2)
+    assert two.positions == list(entry.positions[1:])
+    assert two.layouts == list(entry.layouts[1:])
+    with pytest.raises(ValueError, match="4 groupings but tiny-wrn has 3 branch positions"):
+        ssal.create_model("tiny-wrn", 10, [np.arange(10) % 2] * 4)
     with pytest.raises(ValueError, match="covers 8 classes, model has 10"):
         ssal.create_model("tiny-wrn", 10, [np.arange(8) % 2] * 3)
 
@@ -73,7 +79,7 @@ def test_groupings_must_fit():
 def test_paper_models_forward_batch_2(name):
     entry = ssal.get_entry(name)
     classes = 1000 if name.endswith("imagenet") else 100
-    model = ssal.create_model(name, classes, _default_groupings(classes, entry.paper_groups))
+    model = ssal.create_model(name, classes, default_groupings(classes, entry.paper_groups))
     with torch.no_grad():
         out = model.eval()(torch.randn(2, *entry.input_size))
     assert out.logits.shape == (2, classes)

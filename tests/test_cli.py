@@ -5,8 +5,11 @@ import sys
 import numpy as np
 import pytest
 
-from ssal.cli import PAPER_PARAMS, main
+from ssal.backbones.registry import get_entry, list_models
+from ssal.cli import main
 from ssal.grouping import load_groupings
+
+PAPER_PARAMS = {n: get_entry(n).paper_params for n in list_models() if get_entry(n).paper_params}
 
 
 def test_models_json(capsys):

@@ -26,7 +26,7 @@ def test_demo_short_run_writes_everything(tmp_path, capsys):
         "baseline_checkpoint",
         "ssal_checkpoint",
         "alpha",
-        "consistency",
+        "set_aside",
     ):
         assert key in s
     assert s["test_size"] == 10000 and s["train_size"] == 3600

@@ -21,9 +21,7 @@ def test_evaluate_model_by_hand_and_memory_format_kept():
     hook = model.register_forward_pre_hook(
         lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
     )
-    r = evaluate_model(
-        model, loader, lambda x: x, 10, 0.5, progress=False, on_batch=lambda o, y: seen.append(y)
-    )
+    r = evaluate_model(model, loader, lambda x: x, 10, 0.5, on_batch=lambda o, y: seen.append(y))
     hook.remove()
     assert layouts == [True, True, True]  # every batch ran in channels_last
     # the figures equal a plain computation over the whole set
@@ -40,5 +38,5 @@ def test_evaluate_model_by_hand_and_memory_format_kept():
     assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
     # ...or channels_last (a training module on a GPU is)
     model.to(memory_format=torch.channels_last)
-    evaluate_model(model, loader, lambda x: x, 10, 0.5, progress=False)
+    evaluate_model(model, loader, lambda x: x, 10, 0.5)
     assert conv.is_contiguous(memory_format=torch.channels_last)

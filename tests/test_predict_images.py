@@ -5,10 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
+from ssal.checkpoint import load_checkpoint
 from ssal.cli import main
+from ssal.data.transforms import eval_preprocessing
 from ssal.grouping import Grouping, save_groupings
-from ssal.predict import describe_predictions, load_image, predict_tensors, structured_predict
-from ssal.train import SSALModule, load_checkpoint
+from ssal.inference import describe_predictions, load_image, predict_tensors
+from ssal.predict import structured_predict
+from ssal.train import SSALModule
 
 NAMES = [f"class{c}" for c in range(10)]
 G2 = np.arange(10) % 2
@@ -16,7 +19,7 @@ G5 = np.arange(10) % 5
 FOLDER = "ssal.data.ImageFolderDataModule"
 
 
-def write_checkpoint(tmp_path, name, in_channels=1, size=28, branches=True, data=None):
+def write_checkpoint(tmp_path, name, in_channels=1, size=28, branches=True, data=None, crop=None):
     """An untrained small-cnn checkpoint in the format ssal writes (no training needed)."""
     groupings = None
     if branches:
@@ -24,7 +27,7 @@ def write_checkpoint(tmp_path, name, in_channels=1, size=28, branches=True, data
         groupings = str(save_groupings(tmp_path / f"{name}-groupings.json", gs, NAMES))
     module = SSALModule("small-cnn", num_classes=10, in_channels=in_channels, groupings=groupings)
     module.class_names = NAMES
-    module.normalization = {"mean": [0.4] * in_channels, "std": [0.3] * in_channels}
+    module.preprocessing = eval_preprocessing([0.4] * in_channels, [0.3] * in_channels, crop)
     module.data_config = data or {
         "class_path": "ssal.data.InMemoryDataModule",
         "init_args": {"dataset": "fashion-mnist"},
@@ -118,12 +121,16 @@ def test_images_are_converted_as_in_training(images):
     from torchvision.transforms import v2
 
     from ssal.data import ImageFolderDataModule
+    from ssal.data.transforms import folder_transforms
 
-    # image folders: the datamodule's own evaluation transform (resize S/0.875, centre crop)
+    # image folders: the datamodule's own evaluation transform (resize S/0.875, centre crop),
+    # applied from the preprocessing the datamodule records for checkpoints
     dm = ImageFolderDataModule("unused", image_size=32, num_workers=0)
-    _, evaluation = dm._transforms()
+    evaluation = folder_transforms(32, train=False)
+    prep = dm.preprocessing()
+    assert prep["resize"] == 36 and prep["crop"] == [32, 32]
     for path in images:
-        got = load_image(path, 3, (32, 32), crop=True)
+        got = load_image(path, 3, (32, 32), prep)
         with Image.open(path) as img:
             expected = evaluation(img.convert("RGBA").convert("RGB"))
         assert got.dtype == torch.uint8 and got.shape == (3, 32, 32)
@@ -155,9 +162,11 @@ def test_predict_tensors_normalises_uint8_and_matches_structured_predict(tmp_pat
 def test_baseline_and_image_folder_checkpoints(tmp_path, images):
     data = {"class_path": FOLDER, "init_args": {"data_dir": "x", "image_size": 32}}
     model, info = load_checkpoint(
-        write_checkpoint(tmp_path, "base", in_channels=3, size=32, branches=False, data=data)
+        write_checkpoint(
+            tmp_path, "base", in_channels=3, size=32, branches=False, data=data, crop=32
+        )
     )
-    from ssal.predict import predict_images
+    from ssal.inference import predict_images
 
     records = predict_images(model, info, images, top_k=2, batch_size=2)
     assert len(records) == len(images)
@@ -165,6 +174,30 @@ def test_baseline_and_image_folder_checkpoints(tmp_path, images):
         assert r["branches"] == [] and r["consistent"] is True
         assert r["joint"]["class"] == r["fine"]["class"]
         assert r["joint"]["prob"] == pytest.approx(r["fine"]["prob"], rel=1e-5)
+
+
+def test_schema_1_checkpoints_still_load_with_their_preprocessing(tmp_path):
+    """Checkpoints written before the preprocessing was stored as data: the normalisation and
+    the datamodule's name say what it was."""
+    path = write_checkpoint(tmp_path, "old", in_channels=3, size=32, branches=False)
+    ckpt = torch.load(path, weights_only=True)
+    info = ckpt["ssal"]
+    for key in ("preprocessing", "schema"):
+        del info[key]
+    info["normalization"] = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    for data, resize, crop in (
+        ("ssal.data.InMemoryDataModule", None, None),
+        (FOLDER, 36, [32, 32]),
+    ):
+        info["data"] = {"class_path": data, "init_args": {}}
+        torch.save(ckpt, path)
+        _, loaded = load_checkpoint(path)
+        assert loaded["preprocessing"] == {
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "resize": resize,
+            "crop": crop,
+        }
 
 
 def test_describe_predictions_by_hand():

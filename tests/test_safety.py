@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ssal.checkpoint import load_checkpoint, read_checkpoint
 from ssal.cli import main
-from ssal.train import load_checkpoint, read_checkpoint
 from tests.conftest import write_tiny_config
 from tests.test_data import write_cifar100
 

@@ -72,7 +72,7 @@ def test_eval_shares_across_ranks_cover_everything_once(tmp_path, monkeypatch):
     dm = ShardDataModule(str(out), eval_batch_size=5, num_workers=0)
     shares = []
     for rank in (0, 1):
-        monkeypatch.setattr("ssal.shards._replicas", lambda _m, r=rank: (2, r))
+        monkeypatch.setattr(ShardDataModule, "replicas", lambda _m, r=rank: (2, r))
         shares.append(collect(dm.test_dataloader()))
     source = load_dataset("cifar100", tmp_path / "data", "test")
     both = digest(torch.cat([s[0] for s in shares]), torch.cat([s[1] for s in shares]))

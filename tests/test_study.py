@@ -4,8 +4,8 @@ import math
 import pytest
 
 from ssal.cli import main
+from ssal.report.study_page import build_study_report, verdict
 from ssal.study import epochs_to_reach, mean_std, paired_difference, summarize, t_quantile
-from ssal.study_report import build_study_report, verdict
 from tests.test_data import write_cifar100
 
 

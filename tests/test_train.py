@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import ssal
+from ssal.checkpoint import load_checkpoint, read_checkpoint
 from ssal.cli import main
 from ssal.grouping import Grouping, load_groupings, save_groupings
-from ssal.train import SSALModule, load_checkpoint, lr_factor, read_checkpoint
+from ssal.recipe import lr_factor
+from ssal.train import SSALModule
 from tests.conftest import quick_trainer, write_tiny_config
 from tests.test_data import write_cifar100
 
@@ -87,8 +90,10 @@ def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifa
     ckpt = run / "checkpoints" / "last.ckpt"
     raw = torch.load(ckpt, weights_only=True)  # no pickled objects in our checkpoints
     info = raw["ssal"]
+    # last.ckpt is the final epoch's state even where the monitored accuracy did not improve
+    assert raw["epoch"] == 1 and raw["global_step"] == 14
     assert info["model"] == "tiny-wrn" and len(info["groupings"]) == 3
-    assert info["normalization"]["mean"] and info["data"]["init_args"]["dataset"] == "cifar100"
+    assert info["preprocessing"]["mean"] and info["data"]["init_args"]["dataset"] == "cifar100"
     assert (run / "tensorboard").is_dir() and (run / "metrics.csv").is_file()
 
     with open(run / "metrics.csv") as f:
@@ -103,7 +108,7 @@ def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifa
     assert result["fine_accuracy"] == pytest.approx(float(last_val["val/acc_fine"]), abs=1e-6)
     assert result["joint_accuracy"] == pytest.approx(float(last_val["val/acc_joint"]), abs=1e-6)
     assert result["num_samples"] == 100 and len(result["branch_accuracy"]) == 3
-    c = result["consistency"]
+    c = result["set_aside"]
     assert 0 <= c["kept_fraction"] <= 1 and len(c["set_aside_branch_accuracy"]) == 3
     assert "fine head (+TR)" in capsys.readouterr().out
 
@@ -174,8 +179,8 @@ def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
     most every ``read_every`` steps, undoing the division by gradient accumulation."""
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+    from ssal.callbacks import LossProgressBar, LossRichProgressBar, use_loss_progress_bar
     from ssal.data import InMemoryDataModule
-    from ssal.loggers import LossProgressBar, LossRichProgressBar, use_loss_progress_bar
 
     # Lightning's default bar (rich, installed with ssal) and a configured tqdm bar are swapped
     default = quick_trainer(1)
@@ -221,3 +226,48 @@ def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
     assert len(reads) == 3
     # the loss shown is the batch's loss as logged, not the accumulation-scaled one
     assert float(reads[-1][1]) == pytest.approx(logged[6], rel=1e-3)
+
+
+def test_lightning_weight_averaging_with_an_ssal_run(tmp_path):
+    """Lightning's EMA callback copies the module (branch hooks included), averages it each
+    step and swaps the average in at the end; the averaged SSAL model evaluates."""
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    from ssal.data import InMemoryDataModule
+    from ssal.evaluate import evaluate_model
+
+    write_cifar100(tmp_path / "data", n_train=200, n_test=60)
+    dm = InMemoryDataModule("cifar100", str(tmp_path / "data"), batch_size=20, heldout=0.1)
+    g = [Grouping(np.arange(100) % k) for k in (2, 3, 5)]
+    module = SSALModule("tiny-wrn", 100, groupings=str(save_groupings(tmp_path / "g.json", g)))
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot(L.Callback):  # the raw weights after the last step, before the swap
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
+            seen[:] = [{k: v.clone() for k, v in pl_module.net.state_dict().items()}]
+
+    ema = WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.8))
+    trainer = quick_trainer(18, callbacks=[Snapshot(), ema], limit_val_batches=0)
+    trainer.fit(module, dm)
+    averaged = module.net.state_dict()
+    raw = seen[0]
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], averaged[k])]
+    assert moved, "the averaged weights replaced the last step's"
+    assert all(averaged[k].shape == raw[k].shape for k in raw)
+    figures = evaluate_model(
+        module.net, dm.test_dataloader(), lambda x: dm.prepare_batch(x, False), 100, 0.3
+    )
+    assert figures["num_samples"] == 60 and len(figures["branch_accuracy"]) == 3
+    # the averaged model's branch hooks feed its own branches: outputs are those of its weights
+    x = dm.prepare_batch(dm.test_arrays.images[:4], False)
+    copy_net = ssal.create_model("tiny-wrn", 100, g)
+    copy_net.load_state_dict(averaged)
+    module.net.eval()
+    copy_net.eval()
+    with torch.no_grad():
+        a, b = module.net(x), copy_net(x)
+    assert all(
+        torch.allclose(p, q, atol=1e-6)
+        for p, q in zip(a.branch_logits, b.branch_logits, strict=True)
+    )

@@ -5,6 +5,7 @@ the classifier's own confusions; all heads combine at inference (joint predictio
 """
 
 from ssal.backbones.registry import create_model, get_entry, list_models
+from ssal.checkpoint import load_checkpoint
 from ssal.grouping import (
     Grouping,
     cifar100_superclasses,
@@ -12,6 +13,7 @@ from ssal.grouping import (
     load_groupings,
     save_groupings,
 )
+from ssal.inference import predict_images
 from ssal.layouts import build_branch, parse_layout
 from ssal.loss import SSALLoss
 from ssal.model import BranchSpec, SSALModel, SSALOutput
@@ -32,8 +34,10 @@ __all__ = [
     "group_classes",
     "joint_predict",
     "list_models",
+    "load_checkpoint",
     "load_groupings",
     "parse_layout",
+    "predict_images",
     "save_groupings",
     "structured_predict",
 ]

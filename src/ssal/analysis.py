@@ -50,6 +50,7 @@ __all__ = [
     "risk_coverage_by_confidence",
     "risk_coverage_by_disagreement",
     "set_aside_analysis",
+    "set_aside_figures",
 ]
 
 GroupingLike = Grouping | np.ndarray | Sequence[int]
@@ -122,6 +123,34 @@ def head_correctness(
     return np.stack(rows, axis=0)
 
 
+def set_aside_figures(
+    n: int,
+    fine_correct: int,
+    kept: int,
+    kept_correct: int,
+    aside_fine_correct: int,
+    aside_joint_correct: int | None,
+    aside_branch_correct: Sequence[int],
+) -> dict[str, Any]:
+    """The set-aside figures from their counts (one definition for ``set_aside_analysis`` and
+    the streaming counts of ``ssal.scores``). Ratios over no images are NaN."""
+    aside = n - kept
+    out: dict[str, Any] = {
+        "num_samples": int(n),
+        "fine_accuracy": _ratio(fine_correct, n),
+        "kept": int(kept),
+        "kept_fraction": _ratio(kept, n),
+        "kept_accuracy": _ratio(kept_correct, kept),
+        "set_aside": int(aside),
+        "set_aside_fraction": _ratio(aside, n),
+        "set_aside_fine_accuracy": _ratio(aside_fine_correct, aside),
+        "set_aside_branch_accuracy": [_ratio(c, aside) for c in aside_branch_correct],
+    }
+    if aside_joint_correct is not None:
+        out["set_aside_joint_accuracy"] = _ratio(aside_joint_correct, aside)
+    return out
+
+
 def set_aside_analysis(
     fine_class: Any,
     branch_group: Any,
@@ -138,27 +167,20 @@ def set_aside_analysis(
     ``joint_class`` is given, ``set_aside_joint_accuracy``. Ratios over no images are NaN.
     """
     correct = head_correctness(fine_class, branch_group, labels, groupings)
-    n = correct.shape[1]
     aside = disagreements(fine_class, branch_group, groupings).any(axis=1)
-    kept = ~aside
     fine_ok = correct[0]
-    out: dict[str, Any] = {
-        "num_samples": n,
-        "fine_accuracy": _ratio(fine_ok.sum(), n),
-        "kept": int(kept.sum()),
-        "kept_fraction": _ratio(kept.sum(), n),
-        "kept_accuracy": _ratio((fine_ok & kept).sum(), kept.sum()),
-        "set_aside": int(aside.sum()),
-        "set_aside_fraction": _ratio(aside.sum(), n),
-        "set_aside_fine_accuracy": _ratio((fine_ok & aside).sum(), aside.sum()),
-        "set_aside_branch_accuracy": [
-            _ratio((row & aside).sum(), aside.sum()) for row in correct[1:]
-        ],
-    }
+    joint = None
     if joint_class is not None:
-        joint_ok = _ints(joint_class) == _ints(labels)
-        out["set_aside_joint_accuracy"] = _ratio((joint_ok & aside).sum(), aside.sum())
-    return out
+        joint = int(((_ints(joint_class) == _ints(labels)) & aside).sum())
+    return set_aside_figures(
+        correct.shape[1],
+        int(fine_ok.sum()),
+        int((~aside).sum()),
+        int((fine_ok & ~aside).sum()),
+        int((fine_ok & aside).sum()),
+        joint,
+        [int((row & aside).sum()) for row in correct[1:]],
+    )
 
 
 class PairwiseTable(NamedTuple):

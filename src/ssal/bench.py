@@ -14,6 +14,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,14 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssal.backbones.registry import _default_groupings, create_model, get_entry
-from ssal.data import ImageArrays, InMemoryDataModule
+from ssal.backbones.registry import create_model, default_groupings, get_entry
+from ssal.data.arrays import ImageArrays
+from ssal.data.in_memory import InMemoryDataModule
 from ssal.grouping import save_groupings
 from ssal.loss import SSALLoss
 from ssal.train import SSALModule
 
-__all__ = ["PEAK_TFLOPS", "count_flops", "run_bench"]
+__all__ = ["PEAK_TFLOPS", "bench_rows", "count_flops", "run_bench"]
 
 # Dense peak TFLOP/s by device name fragment: (bf16, tf32, fp32).
 PEAK_TFLOPS = {
@@ -43,15 +45,6 @@ PEAK_TFLOPS = {
     "RTX 4090": (165.0, 82.6, 82.6),
     "V100": (125.0, 15.7, 15.7),
     "T4": (65.0, 8.1, 8.1),
-}
-# Paper runs for the projection: epochs, training images, test images.
-PAPER_RUNS = {
-    "resnet50": (80, 45000, 10000),
-    "sewrn16-8": (80, 45000, 10000),
-    "wrn28-10": (80, 45000, 10000),
-    "densenet190-40": (100, 45000, 10000),
-    "resnet50-imagenet": (90, 1255544, 50000),
-    "small-cnn": (3, 54000, 10000),
 }
 
 
@@ -177,22 +170,34 @@ def _synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) -> I
     )
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every timed run of one ``ssal bench`` call shares."""
+
+    model: str
+    classes: int
+    data: ImageArrays
+    batch: int
+    steps: int
+    warmup: int
+    device: torch.device
+    precision: str
+    compile: bool
+    channels_last: bool
+    compile_mode: str | None
+
+
 def _ours(
-    name: str,
-    classes: int,
+    setup: _Setup,
     groupings_file: str | None,
-    data: ImageArrays,
-    batch: int,
-    steps: int,
-    warmup: int,
-    device: torch.device,
-    precision: str,
-    compile: bool,
-    channels_last: bool,
     measure_eval: bool = True,
-    compile_mode: str | None = None,
     profile: Path | None = None,
 ) -> dict[str, float]:
+    """Our path: ``SSALModule`` under Lightning's ``Trainer`` with the in-memory datamodule."""
+    name, classes, data, batch = setup.model, setup.classes, setup.data, setup.batch
+    steps = min(setup.steps, 5) if profile else setup.steps
+    warmup, device, precision = setup.warmup, setup.device, setup.precision
+    compile, channels_last, compile_mode = setup.compile, setup.channels_last, setup.compile_mode
     module = SSALModule(
         name,
         classes,
@@ -350,7 +355,6 @@ def run_bench(
         raise ValueError(f"precision must be 32 or bf16-mixed, got {precision!r}")
     if steps < 1 or warmup < 1 or batch_size < 1:
         raise ValueError("steps, warmup and batch size must be >= 1")
-    torch.set_float32_matmul_precision("high")
     entry = get_entry(model)
     classes = num_classes or (
         1000 if model.endswith("imagenet") else 10 if model == "small-cnn" else 100
@@ -360,127 +364,116 @@ def run_bench(
         if max(entry.paper_groups) < classes
         else (max(2, classes // 5), max(2, classes // 3), max(2, classes // 2))
     )
-    groupings = _default_groupings(classes, sizes) if ssal else None
-    shape = entry.input_size
-    n = batch_size * min(warmup + steps, 40)
-    data = _synthetic(n, shape, classes)
-
+    groupings = default_groupings(classes, sizes) if ssal else None
+    data = _synthetic(batch_size * min(warmup + steps, 40), entry.input_size, classes)
+    setup = _Setup(
+        model,
+        classes,
+        data,
+        batch_size,
+        steps,
+        warmup,
+        dev,
+        precision,
+        compile,
+        channels_last,
+        compile_mode if compile else None,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         gfile = str(save_groupings(Path(tmp) / "g.json", groupings)) if groupings else None
-        flops_model = create_model(model, classes, groupings).to(dev)
-        loss_fn = SSALLoss(groupings or [], [1.0] * len(groupings or [])).to(dev)
-        xb = torch.randn(min(batch_size, 8), *shape, device=dev)
-        yb = torch.arange(xb.shape[0], device=dev) % classes
-        flops = count_flops(flops_model, loss_fn, xb, yb)
-        del flops_model
-        params = create_model(model, classes, groupings).num_parameters()
-
-        ours = _ours(
-            model,
-            classes,
-            gfile,
-            data,
-            batch_size,
-            steps,
-            warmup,
-            dev,
-            precision,
-            compile,
-            channels_last,
-            compile_mode=compile_mode,
-        )
-        result: dict[str, Any] = {
-            "model": model,
-            "ssal": ssal,
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "device_type": dev.type,
-            "torch": torch.__version__,
-            "precision": precision,
-            "compile": compile,
-            "compile_mode": compile_mode if compile else None,
-            "channels_last": channels_last,
-            "batch_size": batch_size,
-            "steps": steps,
-            "warmup_steps": warmup,
-            "num_classes": classes,
-            "params": params["total"],
-            "params_branches": params["branches"],
-            **ours,
-            "flops_per_image_forward": flops["forward"],
-            "flops_per_image_train": flops["train"],
-        }
-        peak, source = _peak_flops(dev, precision, peak_tflops)
-        result["peak_flops"] = peak
-        result["peak_source"] = source
-        result["achieved_flops"] = ours["train_images_per_s"] * flops["train"]
-        result["mfu"] = result["achieved_flops"] / peak
-
-        if ssal:
-            base = _ours(
-                model,
-                classes,
-                None,
-                data,
-                batch_size,
-                steps,
-                warmup,
-                dev,
-                precision,
-                compile,
-                channels_last,
-                compile_mode=compile_mode,
-            )
-            result["baseline_train_images_per_s"] = base["train_images_per_s"]
-            result["baseline_train_step_ms"] = base["train_step_ms"]
-            # Share of the SSAL step spent on the branches.
-            result["ssal_overhead"] = 1 - base["train_step_ms"] / ours["train_step_ms"]
-        else:
-            result["ssal_overhead"] = 0.0
-
+        result = _measure(setup, groupings, gfile, peak_tflops)
         if profile:
-            result["profile"] = {}
             runs = [("model", gfile)] + ([("backbone", None)] if ssal else [])
+            result["profile"] = {}
             for part, g in runs:
-                folder = Path(profile) / part
-                _ours(
-                    model,
-                    classes,
-                    g,
-                    data,
-                    batch_size,
-                    min(steps, 5),
-                    warmup,
-                    dev,
-                    precision,
-                    compile,
-                    channels_last,
-                    measure_eval=False,
-                    compile_mode=compile_mode,
-                    profile=folder,
-                )
-                result["profile"][part] = str(folder)
-
-        if reference:
-            workers = reference_workers
-            if workers is None:
-                workers = min(8, (os.cpu_count() or 2) // 2) if dev.type == "cuda" else 0
-            ref = _reference(
-                model, classes, groupings, data, batch_size, steps, warmup, dev, workers
-            )
-            result["reference_train_images_per_s"] = ref
-            result["reference_workers"] = workers
-            result["speedup"] = ours["train_images_per_s"] / ref
-        else:
-            result["reference_train_images_per_s"] = None
-            result["speedup"] = None
-
-    if model in PAPER_RUNS:
-        epochs, n_train, n_test = PAPER_RUNS[model]
+                _ours(setup, g, measure_eval=False, profile=Path(profile) / part)
+                result["profile"][part] = str(Path(profile) / part)
+        result["ssal"] = ssal
+        result.update(_reference_speed(setup, groupings, reference, reference_workers, result))
+    if entry.paper_run:
+        epochs, n_train, n_test = entry.paper_run
         epoch_s = n_train / result["train_images_per_s"] + n_test / result["eval_images_per_s"]
         result["paper_run"] = {"epochs": epochs, "train_images": n_train, "test_images": n_test}
         result["projected_epoch_s"] = epoch_s
         result["projected_run_hours"] = epochs * epoch_s / 3600
     return result
+
+
+def _measure(
+    setup: _Setup, groupings: list | None, gfile: str | None, peak_tflops: float | None
+) -> dict[str, Any]:
+    """FLOPs, parameters, our speed (and the bare backbone's, for the branches' share), MFU."""
+    dev, classes, name = setup.device, setup.classes, setup.model
+    flops_model = create_model(name, classes, groupings).to(dev)
+    loss_fn = SSALLoss(groupings or [], [1.0] * len(groupings or [])).to(dev)
+    xb = torch.randn(min(setup.batch, 8), *setup.data.images.shape[1:], device=dev)
+    yb = torch.arange(xb.shape[0], device=dev) % classes
+    flops = count_flops(flops_model, loss_fn, xb, yb)
+    del flops_model
+    params = create_model(name, classes, groupings).num_parameters()
+    ours = _ours(setup, gfile)
+    peak, source = _peak_flops(dev, setup.precision, peak_tflops)
+    result: dict[str, Any] = {
+        "model": name,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device_type": dev.type,
+        "torch": torch.__version__,
+        "precision": setup.precision,
+        "compile": setup.compile,
+        "compile_mode": setup.compile_mode,
+        "channels_last": setup.channels_last,
+        "batch_size": setup.batch,
+        "steps": setup.steps,
+        "warmup_steps": setup.warmup,
+        "num_classes": classes,
+        "params": params["total"],
+        "params_branches": params["branches"],
+        **ours,
+        "flops_per_image_forward": flops["forward"],
+        "flops_per_image_train": flops["train"],
+        "peak_flops": peak,
+        "peak_source": source,
+        "achieved_flops": ours["train_images_per_s"] * flops["train"],
+    }
+    result["mfu"] = result["achieved_flops"] / peak
+    result["ssal_overhead"] = 0.0
+    if groupings:
+        base = _ours(setup, None)
+        result["baseline_train_images_per_s"] = base["train_images_per_s"]
+        result["baseline_train_step_ms"] = base["train_step_ms"]
+        # Share of the SSAL step spent on the branches.
+        result["ssal_overhead"] = 1 - base["train_step_ms"] / ours["train_step_ms"]
+    return result
+
+
+def _reference_speed(
+    setup: _Setup,
+    groupings: list | None,
+    reference: bool,
+    workers: int | None,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """The plain PyTorch loop's speed and ours relative to it."""
+    if not reference:
+        return {"reference_train_images_per_s": None, "speedup": None}
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 2) // 2) if setup.device.type == "cuda" else 0
+    ref = _reference(
+        setup.model,
+        setup.classes,
+        groupings,
+        setup.data,
+        setup.batch,
+        setup.steps,
+        setup.warmup,
+        setup.device,
+        workers,
+    )
+    return {
+        "reference_train_images_per_s": ref,
+        "reference_workers": workers,
+        "speedup": result["train_images_per_s"] / ref,
+    }
 
 
 def bench_rows(results: list[dict]) -> list[tuple[str, ...]]:

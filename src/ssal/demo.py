@@ -8,6 +8,7 @@ agreement figures (accuracy where all heads agree, share of such images).
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -18,30 +19,26 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ssal.data import InMemoryDataModule
-from ssal.evaluate import evaluate_model, heldout_confusion
+from ssal.backbones.registry import get_entry
+from ssal.callbacks import use_loss_progress_bar
+from ssal.checkpoint import set_checkpoint_alpha
+from ssal.data.in_memory import InMemoryDataModule
+from ssal.evaluate import Track, evaluate_model, evaluate_split_pair, groupings_from_model
 from ssal.files import write_json
-from ssal.grouping import Grouping, save_groupings
-from ssal.loggers import use_loss_progress_bar
+from ssal.grouping import save_groupings
 from ssal.report import write_report
-from ssal.train import SSALModule, set_checkpoint_alpha
+from ssal.train import SSALModule
 
-__all__ = ["DEMO_RECIPE", "run_demo"]
+__all__ = ["DEMO_MODEL", "run_demo"]
 
-DEMO_RECIPE: dict[str, Any] = {
-    "model": "small-cnn",
-    "lr": 0.05,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "warmup_epochs": 1,
-    "schedule_interval": "step",
-    "channels_last": True,  # measured faster on two CPU cores for this network (benchmarks/)
-}
-DEMO_GROUPS = (2, 3, 5)
+DEMO_MODEL = "small-cnn"  # its registry entry holds the recipe (the Fashion-MNIST configs too)
 
 
-def _train(module: SSALModule, dm: InMemoryDataModule, out: Path, epochs: int, quiet: bool) -> Path:
+def _train(
+    module: SSALModule, dm: InMemoryDataModule, out: Path, epochs: int, quiet: bool
+) -> tuple[Path, float]:
+    """Train ``module`` into the run folder ``out``; its checkpoint and the seconds it took."""
+    start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     ckpt = ModelCheckpoint(
         dirpath=out,
@@ -70,26 +67,32 @@ def _train(module: SSALModule, dm: InMemoryDataModule, out: Path, epochs: int, q
     with warnings.catch_warnings():  # the run folder holds its logs/ beside model.ckpt
         warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
         trainer.fit(module, dm)
-    return Path(ckpt.best_model_path or ckpt.last_model_path or out / "model.ckpt")
+    path = Path(ckpt.best_model_path or ckpt.last_model_path or out / "model.ckpt")
+    return path, time.perf_counter() - start
 
 
-def run_demo(
-    out: str | Path = "runs/demo",
-    epochs: int = 3,
-    train_size: int | None = None,
-    data_dir: str | None = None,
-    seed: int = 0,
-    batch_size: int = 128,
-    quiet: bool = False,
-    log: Any = None,
-) -> dict[str, Any]:
-    """Run the demo; write checkpoints, groupings, logs, ``summary.json`` and ``report.html``
-    under ``out``."""
-    say = log or (lambda *a: None)
-    out = Path(out)
-    start = time.perf_counter()
-    L.seed_everything(seed, verbose=False)
-    torch.set_float32_matmul_precision("high")
+CHANCE_MARGIN = 1.5  # a baseline below 1.5x chance has learnt next to nothing yet
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to write over an earlier demo (its checkpoints, logs and report) unless asked."""
+    earlier = [p for p in ("summary.json", "baseline", "ssal") if (out / p).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{out} holds an earlier demo ({', '.join(earlier)}); give another --out, or "
+            "--overwrite to replace it"
+        )
+    for name in ("baseline", "ssal"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("summary.json", "groupings.json", "report.html"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _datamodule(
+    data_dir: str | None, seed: int, batch_size: int, train_size: int | None
+) -> InMemoryDataModule:
     dm = InMemoryDataModule(
         "fashion-mnist",
         data_dir,
@@ -102,78 +105,121 @@ def run_demo(
         train_size=train_size,
     )
     dm.setup("fit")
-    n_train = len(dm.train_arrays)
-    n_held = len(dm.heldout_arrays)
-    say(f"Fashion-MNIST: {n_train} training, {n_held} held-out, {len(dm.test_arrays)} test images")
+    return dm
 
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        return dm.prepare_batch(x, False)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    say(f"[1/4] training the baseline ({DEMO_RECIPE['model']}, {epochs} epochs)")
-    t = time.perf_counter()
-    base = SSALModule(num_classes=10, in_channels=1, **DEMO_RECIPE)
-    base_ckpt = _train(base, dm, out / "baseline", epochs, quiet)
-    base_time = time.perf_counter() - t
-
-    say("[2/4] grouping the classes from the baseline's held-out confusion")
-    confusion = heldout_confusion(base.net, dm.heldout_dataloader(), prepare, 10, device)
-    groupings = [Grouping.from_confusion(confusion, g, "similar", seed=seed) for g in DEMO_GROUPS]
-    groupings_path = save_groupings(out / "groupings.json", groupings, dm.class_names)
-    names = dm.class_names
-    for g in groupings:
-        groups = [" + ".join(names[c] for c in g.members(k)) for k in range(g.num_groups)]
-        say(f"      {g.name}: " + " | ".join(groups))
-
-    say(f"[3/4] training the same network with SSAL branches ({epochs} epochs)")
-    t = time.perf_counter()
-    L.seed_everything(seed, verbose=False)
-    model = SSALModule(num_classes=10, in_channels=1, groupings=str(groupings_path), **DEMO_RECIPE)
-    ssal_ckpt = _train(model, dm, out / "ssal", epochs, quiet)
-    ssal_time = time.perf_counter() - t
-
-    say("[4/4] choosing alpha on the held-out split, evaluating on the test set")
-    bars = {"progress": not quiet}
-    held = evaluate_model(
-        model.net, dm.heldout_dataloader(), prepare, 10, model.alpha, device, **bars
+def _near_chance(accuracy: float, num_classes: int) -> str | None:
+    """A warning when the baseline is so close to chance that comparisons mean nothing."""
+    if accuracy >= CHANCE_MARGIN / num_classes:
+        return None
+    return (
+        f"the baseline is near chance ({100 * accuracy:.2f}%, chance {100 / num_classes:.0f}% "
+        f"for {num_classes} classes): train longer (--epochs) or on more images "
+        "(--train-size); differences between the models mean nothing yet"
     )
-    alpha = held["best_alpha"]
-    set_checkpoint_alpha(ssal_ckpt, alpha, "held-out split")  # evaluate/predict use it
-    base_test = evaluate_model(base.net, dm.test_dataloader(), prepare, 10, 0.0, device, **bars)
-    ssal_test = evaluate_model(model.net, dm.test_dataloader(), prepare, 10, alpha, device, **bars)
-    for r in (base_test, ssal_test):
-        r.pop("confusion", None)
+
+
+def _baseline_and_groupings(
+    dm: InMemoryDataModule,
+    out: Path,
+    epochs: int,
+    seed: int,
+    quiet: bool,
+    device: str,
+    say: Any,
+    track: Track | None,
+) -> tuple[SSALModule, Path, float, list, Path]:
+    """Steps 1 and 2: the baseline, and the groupings of its held-out confusion."""
+    entry = get_entry(DEMO_MODEL)
+    say(f"[1/4] training the baseline ({DEMO_MODEL}, {epochs} epochs)")
+    base = SSALModule(num_classes=10, in_channels=1, model=DEMO_MODEL, **entry.recipe)
+    base_ckpt, base_time = _train(base, dm, out / "baseline", epochs, quiet)
+    say("[2/4] grouping the classes from the baseline's held-out confusion")
+    groupings, _ = groupings_from_model(
+        base.net, dm, entry.paper_groups, "similar", seed=seed, device=device, track=track
+    )
+    path = save_groupings(out / "groupings.json", groupings, dm.class_names)
+    for g in groupings:
+        groups = [" + ".join(dm.class_names[c] for c in g.members(k)) for k in range(g.num_groups)]
+        say(f"      {g.name}: " + " | ".join(groups))
+    return base, base_ckpt, base_time, groupings, path
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    epochs: int = 3,
+    train_size: int | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    quiet: bool = False,
+    log: Any = None,
+    track: Track | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run the demo; write checkpoints, groupings, logs, ``summary.json`` and ``report.html``
+    under ``out``. ``log`` receives one line per step; ``track`` shows evaluation progress."""
+    say = log or (lambda *a: None)
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    start = time.perf_counter()
+    L.seed_everything(seed, verbose=False)
+    dm = _datamodule(data_dir, seed, batch_size, train_size)
+    n_train, n_held = len(dm.train_arrays), len(dm.heldout_arrays)
+    say(f"Fashion-MNIST: {n_train} training, {n_held} held-out, {len(dm.test_arrays)} test images")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    track = None if quiet else track
+    base, base_ckpt, base_time, groupings, groupings_path = _baseline_and_groupings(
+        dm, out, epochs, seed, quiet, device, say, track
+    )
+    say(f"[3/4] training the same network with SSAL branches ({epochs} epochs)")
+    L.seed_everything(seed, verbose=False)
+    recipe = {"model": DEMO_MODEL, **get_entry(DEMO_MODEL).recipe}
+    model = SSALModule(num_classes=10, in_channels=1, groupings=str(groupings_path), **recipe)
+    ssal_ckpt, ssal_time = _train(model, dm, out / "ssal", epochs, quiet)
+    say("[4/4] choosing alpha on the held-out split, evaluating on the test set")
+    ev = evaluate_split_pair(model.net, dm, model.alpha, device=device, track=track)
+    set_checkpoint_alpha(ssal_ckpt, ev.alpha, ev.alpha_source)  # evaluate/predict use it
+    base_test = evaluate_model(
+        base.net,
+        dm.test_dataloader(),
+        lambda x: dm.prepare_batch(x, False),
+        10,
+        0.0,
+        device,
+        "baseline: test split",
+        track,
+    )
     summary = {
         "baseline_accuracy": base_test["fine_accuracy"],
-        "tr_accuracy": ssal_test["fine_accuracy"],
-        "jp_accuracy": ssal_test["joint_accuracy"],
-        "alpha": alpha,
-        "alpha_chosen_on": "held-out split",
-        "heldout_joint_accuracy_by_alpha": held["joint_accuracy_by_alpha"],
-        "branch_accuracy": ssal_test["branch_accuracy"],
-        "consistency": ssal_test["consistency"],
+        "tr_accuracy": ev.test["fine_accuracy"],
+        "jp_accuracy": ev.test["joint_accuracy"],
+        "alpha": ev.alpha,
+        "alpha_chosen_on": ev.alpha_source,
+        "heldout_joint_accuracy_by_alpha": ev.heldout["joint_accuracy_by_alpha"],
+        "branch_accuracy": ev.test["branch_accuracy"],
+        "set_aside": ev.test["set_aside"],
         "groupings": str(groupings_path),
         "groupings_detail": [g.to_dict() for g in groupings],
         "baseline_checkpoint": str(base_ckpt),
         "ssal_checkpoint": str(ssal_ckpt),
         "epochs": epochs,
         "train_size": n_train,
-        "test_size": ssal_test["num_samples"],
+        "test_size": ev.test["num_samples"],
         "seed": seed,
         "device": device,
         "baseline_train_seconds": round(base_time, 1),
         "ssal_train_seconds": round(ssal_time, 1),
-        "total_seconds": round(time.perf_counter() - start, 1),
+        "warnings": [w for w in (_near_chance(base_test["fine_accuracy"], 10), *ev.warnings) if w],
     }
-    write_json(out / "summary.json", summary)
     say(f"writing {out / 'report.html'}: plots and the paper's analysis, side by side")
     report, _ = write_report(
         [out / "baseline", out / "ssal"],
         out / "report.html",
         device=device,
         datamodule=dm,
-        heldout={"ssal": held},
-        **bars,
+        heldout={"ssal": ev.heldout},
+        track=track,
     )
     summary["report"] = str(report)
     summary["total_seconds"] = round(time.perf_counter() - start, 1)

@@ -1,46 +1,57 @@
-"""Evaluate a trained model as the paper does, streaming over a data loader.
+"""Evaluate a trained model as the paper does: one copy of each workflow, no training engine.
 
-Numbers come from ``SSALMetrics`` (no logits are held, so ImageNet-sized sets are fine).
-``build_datamodule`` rebuilds the data a checkpoint was trained on from its stored settings.
+- ``evaluate_model``: +TR, +JP, per-branch and set-aside figures over a loader, streaming
+  (counts, never logits, so ImageNet-sized sets fit);
+- ``choose_alpha``: alpha from the held-out split (never the test set);
+- ``evaluate_split_pair``: alpha on the held-out split, then the test split at that alpha;
+- ``heldout_confusion`` and ``groupings_from_model``: the paper's groupings from a model's
+  confusion on the held-out split.
+
+``data`` arguments follow the datamodule protocol (``heldout_dataloader()``,
+``test_dataloader()``, ``prepare_batch(images, train)``, ``num_classes``); loops report
+progress through ``track(iterable, description, total)`` when one is given.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import lightning as L
 import numpy as np
 import torch
-from rich.progress import Progress
 
-from ssal.metrics import SSALMetrics
+from ssal.grouping import Grouping
 from ssal.model import SSALModel, SSALOutput
+from ssal.scores import ALPHA_GRID, batch_counts, count_shapes, figures
 
-__all__ = ["build_datamodule", "evaluate_model", "heldout_confusion"]
+__all__ = [
+    "AlphaEvaluation",
+    "OnBatch",
+    "Track",
+    "choose_alpha",
+    "evaluate_model",
+    "evaluate_split_pair",
+    "groupings_from_model",
+    "heldout_confusion",
+]
 
-ALLOWED_DATAMODULES = (
-    "ssal.data.InMemoryDataModule",
-    "ssal.data.ImageFolderDataModule",
-    "ssal.shards.ShardDataModule",
-)
+Track = Callable[[Iterable, str, int | None], Iterable]
+"""Wraps a loader to show progress: ``track(loader, description, total)``."""
+OnBatch = Callable[[SSALOutput, torch.Tensor], None]
+"""Sees every batch's output and labels."""
+
+MIN_HELDOUT_FOR_ALPHA = 500  # fewer held-out images pick alpha from a curve too noisy to trust
 
 
-def build_datamodule(data: dict[str, Any] | None, **overrides: Any) -> L.LightningDataModule:
-    """Instantiate the datamodule a checkpoint names (only ssal's own), with overrides."""
-    if not data:
-        raise ValueError("the checkpoint does not record its data; was it written by ssal fit?")
-    path = data["class_path"]
-    if path not in ALLOWED_DATAMODULES:
-        raise ValueError(f"checkpoint names an unknown datamodule {path!r}")
-    module, name = path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), name)
-    kwargs = {k: v for k, v in dict(data.get("init_args", {})).items() if not k.startswith("_")}
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    dm = cls(**kwargs)
-    dm.setup("test")
-    return dm
+class EvalData(Protocol):
+    """What evaluation needs of a datamodule."""
+
+    num_classes: int
+
+    def heldout_dataloader(self) -> Iterable: ...
+    def test_dataloader(self) -> Iterable: ...
+    def prepare_batch(self, images: torch.Tensor, train: bool = False) -> torch.Tensor: ...
 
 
 def _is_channels_last(model: torch.nn.Module) -> bool:
@@ -62,42 +73,127 @@ def evaluate_model(
     alpha: float,
     device: torch.device | str = "cpu",
     description: str = "evaluating",
-    progress: bool = True,
-    on_batch: Callable[[SSALOutput, torch.Tensor], None] | None = None,
+    track: Track | None = None,
+    on_batch: OnBatch | None = None,
 ) -> dict[str, Any]:
-    """Fine (+TR), joint (+JP), branch and consistency figures on every batch of ``loader``.
+    """Fine (+TR), joint (+JP at ``alpha`` and over ``ALPHA_GRID``), branch and set-aside
+    figures, and the fine head's confusion matrix, over every batch of ``loader``.
 
-    ``prepare`` turns a raw batch of images on ``device`` into the model's input
-    (conversion and normalisation as in training, without augmentation). ``on_batch(output,
-    labels)`` sees every batch's output (the report collects per-image predictions with it).
-    Image batches run in channels_last (faster convolutions on CPUs and GPUs); the model is
-    left in the memory format it came in.
+    ``prepare`` turns a raw batch of images on ``device`` into the model's input (conversion
+    and normalisation as in training, without augmentation). ``on_batch(output, labels)`` sees
+    every batch's output. Image batches run in channels_last (faster convolutions on CPUs and
+    GPUs); the model is left in the memory format it came in.
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    converted = False
-    metrics = SSALMetrics(model.group_indices, num_classes, alpha).to(device)
+    groups = [g.to(device) for g in model.group_indices]
+    shapes = count_shapes(num_classes, len(groups), len(ALPHA_GRID), confusion=True)
+    sums = {k: torch.zeros(s, dtype=torch.long, device=device) for k, s in shapes.items()}
     total = len(loader) if hasattr(loader, "__len__") else None
+    batches = track(loader, description, total) if track is not None else loader
+    converted = False
     try:
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(description, total=total)
-            for images, labels in loader:
-                x = prepare(images.to(device, non_blocking=True))
-                if x.ndim == 4:
-                    if not converted and not _is_channels_last(model):
-                        model.to(memory_format=torch.channels_last)
-                        converted = True
-                    x = x.contiguous(memory_format=torch.channels_last)
-                labels = labels.to(device, non_blocking=True)
-                out = model(x)
-                metrics.update(out.logits, out.branch_logits, labels)
-                if on_batch is not None:
-                    on_batch(out, labels)
-                bar.advance(task)
+        for images, labels in batches:
+            x = prepare(images.to(device, non_blocking=True))
+            if x.ndim == 4:
+                if not converted and not _is_channels_last(model):
+                    model.to(memory_format=torch.channels_last)
+                    converted = True
+                x = x.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            out = model(x)
+            for k, v in batch_counts(out.logits, out.branch_logits, labels, groups, alpha).items():
+                sums[k] += v
+            if on_batch is not None:
+                on_batch(out, labels)
     finally:
         if converted:
             model.to(memory_format=torch.contiguous_format)
-    return metrics.compute()
+    return figures(sums, alpha)
+
+
+def choose_alpha(heldout: Mapping[str, Any]) -> float:
+    """The alpha of the grid with the best +JP accuracy on the held-out split (the smallest
+    of equals: the least weight on the branches that does as well)."""
+    curve = heldout["joint_accuracy_by_alpha"]
+    best = max(curve.values())
+    return min(float(a) for a, v in curve.items() if v == best)
+
+
+@dataclass
+class AlphaEvaluation:
+    """Held-out figures (``None`` without branches or with a given alpha), the alpha used on
+    the test split and where it came from, the test figures, and any warning to show."""
+
+    heldout: dict[str, Any] | None
+    alpha: float
+    alpha_source: str
+    test: dict[str, Any]
+    warnings: list[str]
+
+
+def evaluate_split_pair(
+    model: SSALModel,
+    data: EvalData,
+    default_alpha: float,
+    alpha: float | None = None,
+    device: torch.device | str = "cpu",
+    track: Track | None = None,
+    test_hook: Callable[[float], OnBatch] | None = None,
+    heldout: Mapping[str, Any] | None = None,
+    name: str = "",
+) -> AlphaEvaluation:
+    """The paper's evaluation: alpha chosen on the held-out split (SSAL models, unless
+    ``alpha`` is given), then the test split at that alpha.
+
+    ``default_alpha``: the alpha the held-out pass reports its +JP at (the model's own);
+    ``heldout``: figures already computed there (saves a pass); ``test_hook(alpha)`` returns
+    a per-batch hook for the test pass (per-image outputs at the chosen alpha).
+    """
+    prefix = f"{name}: " if name else ""
+    n = data.num_classes
+    warnings: list[str] = []
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        return data.prepare_batch(x, False)
+
+    held = dict(heldout) if heldout is not None else None
+    if not model.num_branches:
+        chosen, source = 0.0, "no branches"
+    elif alpha is not None:
+        chosen, source = float(alpha), "given"
+    else:
+        if held is None:
+            held = evaluate_model(
+                model,
+                data.heldout_dataloader(),
+                prepare,
+                n,
+                default_alpha,
+                device,
+                f"{prefix}held-out split",
+                track,
+            )
+        chosen, source = choose_alpha(held), "held-out split"
+        if held["num_samples"] < MIN_HELDOUT_FOR_ALPHA:
+            warnings.append(
+                f"{prefix}alpha {chosen:g} was chosen on only {held['num_samples']} held-out "
+                f"images; with fewer than {MIN_HELDOUT_FOR_ALPHA} the choice is noisy (hold out "
+                "more, or give --alpha)"
+            )
+    hook = test_hook(chosen) if test_hook is not None else None
+    test = evaluate_model(
+        model,
+        data.test_dataloader(),
+        prepare,
+        n,
+        chosen,
+        device,
+        f"{prefix}test split",
+        track,
+        hook,
+    )
+    return AlphaEvaluation(held, chosen, source, test, warnings)
 
 
 def heldout_confusion(
@@ -106,9 +202,37 @@ def heldout_confusion(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     num_classes: int,
     device: torch.device | str = "cpu",
+    track: Track | None = None,
 ) -> np.ndarray:
     """The fine head's ``(C, C)`` confusion matrix (rows: true class) on ``loader``."""
     result = evaluate_model(
-        model, loader, prepare, num_classes, 0.0, device, "confusion on held-out split"
+        model, loader, prepare, num_classes, 0.0, device, "confusion on the held-out split", track
     )
     return np.asarray(result["confusion"], dtype=np.int64)
+
+
+def groupings_from_model(
+    model: SSALModel,
+    data: EvalData,
+    sizes: Sequence[int],
+    mode: str = "similar",
+    size_margin: float = 1.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    track: Track | None = None,
+) -> tuple[list[Grouping], np.ndarray]:
+    """The paper's groupings: group the model's confusion on the held-out split (never the
+    test set) into each of ``sizes`` groups. Returns the groupings and the confusion."""
+    confusion = heldout_confusion(
+        model,
+        data.heldout_dataloader(),
+        lambda x: data.prepare_batch(x, False),
+        data.num_classes,
+        device,
+        track,
+    )
+    groupings = [
+        Grouping.from_confusion(confusion, g, mode, size_margin, seed)  # type: ignore[arg-type]
+        for g in sizes
+    ]
+    return groupings, confusion

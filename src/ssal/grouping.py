@@ -26,6 +26,7 @@ __all__ = [
     "check_assignment",
     "cifar100_superclasses",
     "group_classes",
+    "groupings_from_spec",
     "load_groupings",
     "save_groupings",
 ]
@@ -312,6 +313,25 @@ def cifar100_superclasses() -> Grouping:
 
 
 BUILTIN_HIERARCHIES = {"cifar100-superclasses": cifar100_superclasses}
+
+
+def groupings_from_spec(spec: str | None, num_classes: int) -> list[Grouping] | None:
+    """What a config's ``groupings:`` names: ``None``/``"none"`` (a baseline), a built-in
+    hierarchy (``cifar100-superclasses``) or a groupings file. ``"auto"`` (derived from a probe
+    during training) is resolved by the training layer, not here."""
+    if spec is None or spec.lower() in ("none", "baseline", ""):
+        return None
+    if spec in BUILTIN_HIERARCHIES:
+        g = BUILTIN_HIERARCHIES[spec]()
+        if g.num_classes != num_classes:
+            raise ValueError(f"{spec} covers {g.num_classes} classes, the data has {num_classes}")
+        return [g]
+    if spec == "auto":
+        raise ValueError(
+            "groupings 'auto' are derived during training (ssal.callbacks.AutoGroupings)"
+        )
+    groupings, _ = load_groupings(spec, num_classes=num_classes)
+    return groupings
 
 
 def capacity_bound(num_classes: int, num_groups: int, size_margin: float) -> int:

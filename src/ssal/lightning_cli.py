@@ -1,4 +1,4 @@
-"""``ssal fit|validate|test``: Lightning's CLI with ssal's defaults and the ``auto`` groupings.
+"""``ssal fit|validate|test``: Lightning's CLI with ssal's defaults.
 
 Configs are YAML mirroring the classes' arguments (``model:`` is ``SSALModule``, ``data:`` a
 datamodule, ``trainer:`` Lightning's own); every value can be overridden on the command line.
@@ -12,59 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ssal.evaluate import heldout_confusion
-from ssal.grouping import Grouping, save_groupings
-from ssal.loggers import NonFiniteLossGuard, use_loss_progress_bar
-from ssal.train import SSALModule, read_checkpoint, resolve_groupings
+from ssal.callbacks import (
+    AutoGroupings,
+    LastAndBestCheckpoint,
+    NonFiniteLossGuard,
+    use_loss_progress_bar,
+)
+from ssal.checkpoint import CHECKPOINT_KEY, groupings_of, read_checkpoint
+from ssal.runs import latest_checkpoint
+from ssal.train import SSALModule
 
-AUTO_GROUPINGS_ENV = "SSAL_AUTO_GROUPINGS"
-
-__all__ = ["SSALCLI", "derive_groupings", "run_lightning_cli"]
-
-
-def derive_groupings(
-    module: SSALModule,
-    datamodule: L.LightningDataModule,
-    out: str | Path,
-    trainer_kwargs: dict | None = None,
-) -> list[Grouping]:
-    """The paper's workflow: train a short baseline probe, group its held-out confusion.
-
-    The probe is the same network without branches, trained ``probe_epochs`` epochs; the
-    confusion matrix comes from the held-out split (never the test set). Writes ``out``.
-    """
-    hp = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
-    hp.update(groupings=None, compile=False)
-    probe = SSALModule(**hp)
-    kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
-    kwargs.update(
-        max_epochs=module.hparams.probe_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    L.Trainer(**kwargs).fit(probe, datamodule)
-    datamodule.setup("fit")
-    device = probe.device
-    confusion = heldout_confusion(
-        probe.net,
-        datamodule.heldout_dataloader(),
-        lambda x: datamodule.prepare_batch(x, False),
-        module.hparams.num_classes,
-        device,
-    )
-    sizes = module.hparams.auto_groups or list(module.entry.paper_groups)
-    groupings = [
-        Grouping.from_confusion(confusion, g, module.hparams.auto_mode, seed=0) for g in sizes
-    ]
-    save_groupings(out, groupings, datamodule.class_names)
-    return groupings
+__all__ = ["SSALCLI", "run_lightning_cli"]
 
 
 class SSALCLI(LightningCLI):
@@ -73,7 +35,7 @@ class SSALCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
         import torch
 
         fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -129,24 +91,13 @@ class SSALCLI(LightningCLI):
         self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
         trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
-        if module.hparams.groupings != "auto" or module.groupings:
-            return
-        # Rank 0 derives the groupings before Lightning starts the other processes, which
-        # inherit the file's path; ranks started by torchrun/SLURM cannot wait for it.
-        shared = os.environ.get(AUTO_GROUPINGS_ENV)
-        if shared:
-            out = Path(shared)
-        elif trainer.is_global_zero and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            out = Path(trainer.log_dir or trainer.default_root_dir) / "groupings.json"
-            derive_groupings(module, self.datamodule, out, {"accelerator": "auto"})
-            os.environ[AUTO_GROUPINGS_ENV] = str(out.resolve())
-        else:
-            raise ValueError(
-                "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
-                "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
-                "first and pass --model.groupings FILE"
-            )
-        module.set_groupings(resolve_groupings(str(out), module.hparams.num_classes))
+        ckpt_path = self.config["fit"].get("ckpt_path")
+        if ckpt_path and module.awaits_groupings:  # a resumed auto run keeps its groupings
+            info = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]
+            module.set_groupings(groupings_of(info) or None)
+        elif trainer.world_size > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            # Lightning's launcher starts the other processes after this: derive here, once
+            AutoGroupings.derive_before_launch(trainer, module, self.datamodule)
 
 
 def _resolve_last(cfg: Any) -> None:
@@ -163,16 +114,7 @@ def _resolve_last(cfg: Any) -> None:
         raise ValueError("--ckpt_path last needs the default CSV logger; give --ckpt_path FILE")
     args = logger.init_args
     root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
-    found = sorted(
-        (int(p.parent.parent.name.split("_", 1)[1]), p)
-        for p in root.glob("version_*/checkpoints/last.ckpt")
-        if p.parent.parent.name.split("_", 1)[1].isdigit()
-    )
-    if not found:
-        raise FileNotFoundError(
-            f"no checkpoint to resume: nothing matches {root}/version_*/checkpoints/last.ckpt"
-        )
-    version, path = found[-1]
+    version, path = latest_checkpoint(root)
     ckpt = read_checkpoint(path)
     args.version = version
     if "ResumableCSVLogger" in str(logger.get("class_path")):
@@ -182,21 +124,17 @@ def _resolve_last(cfg: Any) -> None:
 
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
-    inherited = AUTO_GROUPINGS_ENV in os.environ
+    inherited = AutoGroupings.ENV in os.environ
     try:
-        _cli(argv)
+        SSALCLI(
+            SSALModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            args=list(argv),
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
     finally:
         if not inherited:  # a later run in this process derives its own groupings
-            os.environ.pop(AUTO_GROUPINGS_ENV, None)
+            os.environ.pop(AutoGroupings.ENV, None)
     return 0
-
-
-def _cli(argv: Sequence[str]) -> None:
-    SSALCLI(
-        SSALModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )

@@ -8,6 +8,7 @@ the fine logits and one logits tensor per branch.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -97,22 +98,19 @@ class SSALModel(nn.Module):
         )
         for i, g in enumerate(self.groupings):
             self.register_buffer(f"group_index_{i}", torch.as_tensor(g.assignment), persistent=True)
-        self._handles = [
-            self._attach(i, module, use_input) for i, (module, use_input) in enumerate(targets)
-        ]
+        for i, (module, use_input) in enumerate(targets):
+            # bound methods, not closures over self: a deep copy (EMA, SWA) or a pickled model
+            # gets hooks that feed its own branches
+            if use_input:
+                module.register_forward_pre_hook(functools.partial(self._keep_input, i))
+            else:
+                module.register_forward_hook(functools.partial(self._keep_output, i))
 
-    def _attach(self, i: int, module: nn.Module, use_input: bool) -> object:
-        if use_input:
+    def _keep_input(self, i: int, _module: nn.Module, args: tuple) -> None:
+        self._taps[i] = args[0]
 
-            def pre_hook(_module: nn.Module, args: tuple) -> None:
-                self._taps[i] = args[0]
-
-            return module.register_forward_pre_hook(pre_hook)
-
-        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-            self._taps[i] = output
-
-        return module.register_forward_hook(hook)
+    def _keep_output(self, i: int, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+        self._taps[i] = output
 
     @torch.no_grad()
     def _probe_shapes(self, targets: list[tuple[nn.Module, bool]]) -> list[torch.Size]:

@@ -10,7 +10,6 @@ difference over seeds with a 95% confidence interval from Student's t distributi
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
@@ -26,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ssal.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from ssal.files import write_json
+from ssal.runs import checkpoint_in, metrics_in, val_curve
 
 __all__ = ["StudyRun", "paired_difference", "plan_runs", "run_study", "summarize", "t_quantile"]
 
@@ -144,8 +145,12 @@ def plan_runs(
     return [StudyRun(n, c, s, (*o, *overrides)) for s in seeds for n, c, o in variants]
 
 
+def _fit_dir(run_dir: Path) -> Path:
+    return run_dir / "ssal" / "fit"
+
+
 def _checkpoint(run_dir: Path) -> Path:
-    return run_dir / "ssal" / "fit" / "checkpoints" / "last.ckpt"
+    return checkpoint_in(_fit_dir(run_dir)) or _fit_dir(run_dir) / "checkpoints" / "last.ckpt"
 
 
 def execute(run: StudyRun, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -196,27 +201,15 @@ def execute(run: StudyRun, out: Path, env: dict[str, str] | None = None) -> dict
 
     result = json.loads((folder / "eval.tmp.json").read_text())
     result["seconds"] = round(time.perf_counter() - start, 1)
-    result["curve"] = read_curve(folder / "ssal" / "fit" / "metrics.csv")
+    result["curve"] = val_curve(metrics_in(_fit_dir(folder)))
     write_json(folder / "eval.json", result)  # written last: marks the run finished
     (folder / "eval.tmp.json").unlink()
     return result
 
 
 def run_has_branches(folder: Path) -> bool:
-    import torch
-
-    ckpt = torch.load(_checkpoint(folder), map_location="cpu", weights_only=True)
-    return bool(ckpt["ssal"]["groupings"])
-
-
-def read_curve(metrics_csv: Path) -> list[float]:
-    """Test accuracy of the fine head after each epoch (the validation rows)."""
-    if not metrics_csv.is_file():
-        return []
-    with open(metrics_csv) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/acc_fine")]
-    by_epoch = {int(r["epoch"]): float(r["val/acc_fine"]) for r in rows}
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    """Whether the run's checkpoint has SSAL branches (alpha is tuned only then)."""
+    return bool(read_checkpoint(_checkpoint(folder))[CHECKPOINT_KEY]["groupings"])
 
 
 def load_results(runs: Sequence[StudyRun], out: Path) -> dict[tuple[str, int], dict]:

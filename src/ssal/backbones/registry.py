@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from torch import nn
@@ -21,7 +21,15 @@ from ssal.backbones.wrn import WideResNet
 from ssal.grouping import Grouping, as_grouping
 from ssal.model import BranchSpec, SSALModel
 
-__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "default_groupings",
+    "get_entry",
+    "list_models",
+    "model_summary",
+    "register_model",
+]
 
 # The paper's CIFAR branch layouts.
 RESNET_LAYOUTS = (
@@ -43,6 +51,21 @@ IMAGENET_LAYOUTS = (
 SMALL_LAYOUTS = ("cbr(32,3,2) cbr(32,3) gap", "cbr(64,3) gap", "cbr(64,3) gap")
 SMALL_CNN_LAYOUTS = ("cbr(32,3,2) gap", "cbr(48,3,2) gap", "cbr(64,3) gap")
 
+# The paper's CIFAR runs: 80 epochs (DenseNet 100) over the training part, the test set each
+# epoch: (epochs, training images, test images).
+CIFAR_RUN = (80, 45000, 10000)
+# small-cnn on Fashion-MNIST (the demo; configs/fashion-mnist/small-cnn_*.yaml hold the same):
+# SSALModule arguments.
+SMALL_CNN_RECIPE = {
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 1,
+    "schedule_interval": "step",
+    "channels_last": True,  # measured faster on two CPU cores for this network (benchmarks/)
+}
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -59,6 +82,17 @@ class ModelEntry:
     paper_groups: tuple[int, ...] = (20, 33, 50)
     description: str = ""
     defaults: dict = field(default_factory=dict)
+    # the paper's table, millions of parameters: (baseline, with SSAL branches)
+    paper_params: tuple[float, float] | None = None
+    # the paper's run, for projections: (epochs, training images, test images)
+    paper_run: tuple[int, int, int] | None = None
+    # training settings a workflow uses for this model (the demo's, for small-cnn)
+    recipe: dict = field(default_factory=dict)
+
+    def branch_weights(self, num_branches: int, given: Sequence[float] | None = None) -> list:
+        """Loss weights of the ``num_branches`` deepest branches (``given`` overrides)."""
+        weights = list(given or self.weights)
+        return weights[len(weights) - num_branches :] if num_branches else []
 
 
 _MODELS: dict[str, Callable[[], ModelEntry]] = {}
@@ -105,9 +139,15 @@ def get_entry(name: str) -> ModelEntry:
     raise ValueError(f"unknown model {name!r}; known: {known} (families take other numbers)")
 
 
-def _default_groupings(num_classes: int, sizes: Sequence[int]) -> list[Grouping]:
+def default_groupings(num_classes: int, sizes: Sequence[int]) -> list[Grouping]:
     """Placeholder groupings (class c -> c mod G) used to build and count a model."""
     return [Grouping(np.arange(num_classes) % g, name=f"modulo-{g}") for g in sizes]
+
+
+def _deepest(items: Sequence[str], k: int) -> list[str]:
+    """The last ``k`` of ``items`` (one item stands for all)."""
+    items = list(items)
+    return items if len(items) == 1 else items[len(items) - k :]
 
 
 def create_model(
@@ -118,28 +158,31 @@ def create_model(
     in_channels: int | None = None,
     positions: Sequence[str] | None = None,
     layouts: Sequence[str] | None = None,
+    bn_momentum: float | None = None,
     **backbone_kwargs: object,
 ) -> SSALModel:
     """Build a registered model; ``groupings=None`` gives the plain baseline (no branches).
 
-    One grouping per branch, in the entry's position order; ``positions``/``layouts``
-    override the entry's (module names and layout strings).
+    One grouping per branch, in the entry's position order; with fewer groupings than
+    positions the deepest positions (and layouts) are used. ``positions``/``layouts`` override
+    the entry's (module names and layout strings); ``bn_momentum`` sets every batch norm's
+    (PyTorch convention: the weight of the new batch statistics).
     """
     entry = get_entry(name)
     c_in = in_channels or entry.input_size[0]
     backbone = entry.build(num_classes=num_classes, in_channels=c_in, **backbone_kwargs)
     specs: list[BranchSpec] = []
-    if groupings is not None:
+    if groupings:
         groupings = [as_grouping(g) for g in groupings]
+        k = len(groupings)
         pos = list(positions or entry.positions)
-        lay = list(layouts or entry.layouts)
-        if len(lay) == 1 and len(pos) > 1:
-            lay = lay * len(pos)
-        if not (len(groupings) == len(pos) == len(lay)):
-            raise ValueError(
-                f"{name}: {len(groupings)} groupings for {len(pos)} branch positions and "
-                f"{len(lay)} layouts; give one grouping per branch"
-            )
+        if k > len(pos):
+            raise ValueError(f"{k} groupings but {name} has {len(pos)} branch positions")
+        pos, lay = pos[len(pos) - k :], _deepest(layouts or entry.layouts, k)
+        if len(lay) == 1:
+            lay = lay * k
+        if len(lay) != k:
+            raise ValueError(f"{name}: {len(lay)} layouts for {k} branches; give one per branch")
         for g in groupings:
             if g.num_classes != num_classes:
                 raise ValueError(
@@ -147,8 +190,41 @@ def create_model(
                 )
         specs = [BranchSpec(p, lay_, g) for p, lay_, g in zip(pos, lay, groupings, strict=True)]
     model = SSALModel(backbone, specs, input_size=(c_in, *entry.input_size[1:]))
+    if bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = bn_momentum
     model.name = name  # type: ignore[assignment]
     return model
+
+
+def model_summary(name: str, num_classes: int, groups: Sequence[int]) -> dict:
+    """Parameter counts of ``name`` as a baseline and with SSAL branches (counted on the meta
+    device: nothing is allocated), its positions, layouts and the paper's numbers."""
+    import torch
+
+    entry = get_entry(name)
+    with torch.device("meta"):
+        base = create_model(name, num_classes).num_parameters()["total"]
+        counts = create_model(name, num_classes, default_groupings(num_classes, groups))
+        counts = counts.num_parameters()
+    row = {
+        "name": name,
+        "description": entry.description,
+        "input_size": list(entry.input_size),
+        "params_baseline": base,
+        "params_ssal": counts["total"],
+        "params_branches": counts["branches"],
+        "positions": list(entry.positions),
+        "paper_positions": [list(p) for p in entry.paper_positions],
+        "layouts": list(entry.layouts),
+        "branch_weights": list(entry.weights),
+        "alpha": entry.alpha,
+    }
+    if entry.paper_params:
+        row["paper_params_baseline"] = int(entry.paper_params[0] * 1e6)
+        row["paper_params_ssal"] = int(entry.paper_params[1] * 1e6)
+    return row
 
 
 def _wrn_entry(name: str, depth: int, width: int, se: bool) -> ModelEntry:
@@ -197,22 +273,32 @@ def _resnet50() -> ModelEntry:
         alpha=0.3,
         paper_positions=paper,
         description="pre-activation ResNet-50 for CIFAR (5x5 stem, no max-pool)",
+        paper_params=(23.8, 28.9),
+        paper_run=CIFAR_RUN,
     )
 
 
 @register_model("sewrn16-8")
 def _sewrn16_8() -> ModelEntry:
-    return _wrn_entry("sewrn16-8", 16, 8, se=True)
+    return replace(
+        _wrn_entry("sewrn16-8", 16, 8, se=True), paper_params=(11.1, 14.9), paper_run=CIFAR_RUN
+    )
 
 
 @register_model("wrn28-10")
 def _wrn28_10() -> ModelEntry:
-    return _wrn_entry("wrn28-10", 28, 10, se=False)
+    return replace(
+        _wrn_entry("wrn28-10", 28, 10, se=False), paper_params=(36.6, 38.2), paper_run=CIFAR_RUN
+    )
 
 
 @register_model("densenet190-40")
 def _densenet190_40() -> ModelEntry:
-    return _densenet_entry("densenet190-40", 190, 40)
+    return replace(
+        _densenet_entry("densenet190-40", 190, 40),
+        paper_params=(26.1, 38.3),
+        paper_run=(100, *CIFAR_RUN[1:]),
+    )
 
 
 @register_model("resnet50-imagenet")
@@ -228,6 +314,7 @@ def _resnet50_imagenet() -> ModelEntry:
         paper_positions=((1, -1), (2, -1), (3, -1)),
         paper_groups=(200, 334, 500),
         description="torchvision ResNet-50 for ImageNet with the authors' Inception branches",
+        paper_run=(90, 1255544, 50000),
     )
 
 
@@ -244,6 +331,8 @@ def _small_cnn() -> ModelEntry:
         paper_positions=((1, -1), (2, -1), (3, -1)),
         paper_groups=(2, 3, 5),
         description="6-conv CNN for Fashion-MNIST-sized images (the demo's network)",
+        paper_run=(3, 54000, 10000),
+        recipe=dict(SMALL_CNN_RECIPE),
     )
 
 

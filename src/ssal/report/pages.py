@@ -1,12 +1,11 @@
-"""Self-contained HTML pages for ``ssal report``: matplotlib figures as embedded PNGs, plain
-tables, and the plotted numbers embedded as JSON so a page can be checked without its pixels.
+"""Self-contained HTML pages for ``ssal report``: figures as embedded PNGs, plain tables, and
+the plotted numbers embedded as JSON so a page can be checked without its pixels.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import time
@@ -21,36 +20,16 @@ from ssal.grouping import Grouping
 __all__ = [
     "CSS",
     "DATA_ELEMENT_ID",
-    "figure",
+    "fmt_num",
+    "fmt_pct",
     "html_page",
     "html_table",
     "img_tag",
     "jsonable",
-    "png_bytes",
+    "side_by_side",
 ]
 
 DATA_ELEMENT_ID = "ssal-data"
-DPI = 90
-
-
-def figure(width: float, height: float) -> Any:
-    """A matplotlib Figure on the Agg canvas (no display, no pyplot state), size in inches."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ValueError("reports need matplotlib: pip install matplotlib") from None
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def png_bytes(fig: Any) -> bytes:
-    """The figure as PNG bytes, with no timestamp or software tag (same input, same bytes)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
 
 
 CSS = """
@@ -125,3 +104,22 @@ def html_page(
         + "</body></html>\n"
     )
     return page, plain
+
+
+def fmt_pct(v: Any) -> str:
+    """A fraction as a percentage with two decimals; ``-`` for None or NaN."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def fmt_num(v: Any, digits: int = 4) -> str:
+    """A number with ``digits`` decimals; ``-`` for None or NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def side_by_side(title: str, names: Sequence[str], bodies: Iterable[str]) -> str:
+    """A section with one block per run (its name over its body), side by side."""
+    e = html.escape
+    blocks = "".join(f"<div><h3>{e(n)}</h3>{b}</div>" for n, b in zip(names, bodies, strict=True))
+    return f"<h2>{e(title)}</h2><div class='runs'>{blocks}</div>"

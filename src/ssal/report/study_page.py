@@ -1,11 +1,11 @@
-"""``ssal report STUDY``: a study's ``study.json`` as one self-contained HTML page.
+"""``ssal report STUDY_DIR``: a study's ``study.json`` as one self-contained HTML page.
 
 The page shows, per config, +TR and +JP accuracy as mean ± std over seeds with every seed's
 value, the paired difference of each config from the baseline with its 95% interval (a forest
 plot: an interval that excludes zero is a gain or a loss the seeds can tell apart), the test
 accuracy per epoch (mean ± std band, with the baseline's final accuracy as the bar to reach),
 and the epochs each config needs to reach it. Nothing is re-evaluated: ``study.json`` already
-holds every number, so the report takes a second. As in :mod:`ssal.report`, every plotted
+holds every number, so the report takes a second. As in the run report, every plotted
 number is embedded as JSON in ``<script type="application/json" id="ssal-data">``.
 """
 
@@ -18,20 +18,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ssal.files import write_text
-from ssal.pages import figure, html_page, html_table, img_tag, png_bytes
+from ssal.report.figures import plot_convergence, plot_differences, plot_study_accuracy
+from ssal.report.pages import html_page, html_table, img_tag
 
 __all__ = [
     "build_study_report",
     "config_rows",
+    "difference_points",
     "difference_rows",
     "find_study",
-    "plot_convergence",
-    "plot_differences",
     "pair_rows",
-    "plot_study_accuracy",
     "read_study",
     "verdict",
     "write_study_report",
@@ -83,59 +80,9 @@ def read_study(path: str | Path) -> dict[str, Any]:
     return summary
 
 
-# ----------------------------------------------------------------------------------- plots
-def _finite(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def plot_study_accuracy(summary: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """+TR and +JP per config: mean with ± std error bars, each seed as a dot."""
-    names = list(summary["configs"])
-    fig = figure(max(4.5, 1.3 * len(names) + 2.0), 3.4)
-    ax = fig.subplots()
-    data: dict[str, Any] = {"configs": names, "fine": {}, "joint": {}}
-    heads = (
-        ("fine", "fine_accuracy", "+TR (fine head)", "C0", -0.12),
-        ("joint", "joint_accuracy", "+JP (joint)", "C1", 0.12),
-    )
-    for key, field, label, color, dx in heads:
-        for i, name in enumerate(names):
-            c = summary["configs"][name]
-            if key == "joint" and not c.get("has_branches"):
-                continue
-            m = c[field]
-            mean, std = 100 * _finite(m["mean"]), 100 * _finite(m["std"])
-            seeds = [100 * v for v in c["per_seed"][key]]
-            ax.errorbar(
-                i + dx,
-                mean,
-                yerr=0 if math.isnan(std) else std,
-                fmt="o",
-                color=color,
-                capsize=4,
-                markersize=6,
-                label=label if i == 0 or key == "joint" else None,
-            )
-            ax.scatter([i + dx] * len(seeds), seeds, s=16, color=color, alpha=0.5, zorder=1)
-            data[key][name] = {"mean": mean, "std": std, "seeds": seeds}
-    base = summary["configs"].get(summary["baseline"])
-    if base is not None:
-        ax.axhline(100 * base["fine_accuracy"]["mean"], color="0.4", linestyle="--", linewidth=0.9)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=7)
-    ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.set_xlim(-0.6, len(names) - 0.4)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(
-        "accuracy per config: mean ± std over seeds, dots: seeds; dashed: baseline", fontsize=9
-    )
-    ax.grid(alpha=0.3, axis="y")
-    return png_bytes(fig), data
-
-
-def plot_differences(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
-    """Paired difference from the baseline per config, with its 95% interval (forest plot)."""
+def difference_points(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per config and head, the paired difference from the baseline in points with its 95%
+    interval: the rows of the forest plot."""
     rows = []
     for name, d in summary["vs_baseline"].items():
         for key, label in (("fine_difference", "+TR"), ("joint_difference", "+JP")):
@@ -154,76 +101,14 @@ def plot_differences(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str
                     "n": x["n"],
                 }
             )
-    if not rows:
-        return None, {"rows": []}
-    fig = figure(6.5, 0.45 * len(rows) + 1.4)
-    ax = fig.subplots()
-    for y, r in enumerate(rows):
-        color = "C0" if r["head"] == "+TR" else "C1"
-        if r["ci95"] is None:
-            ax.plot(r["mean"], y, "o", color=color, fillstyle="none")
-        else:
-            lo, hi = r["ci95"]
-            ax.errorbar(
-                r["mean"],
-                y,
-                xerr=[[r["mean"] - lo], [hi - r["mean"]]],
-                fmt="o",
-                color=color,
-                capsize=4,
-            )
-    ax.axvline(0, color="0.3", linewidth=0.9)
-    ax.set_yticks(range(len(rows)), [f"{r['config']} {r['head']}" for r in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"difference from {summary['baseline']} +TR (points)")
-    ax.set_title(
-        "paired difference with 95% t-interval over seeds (open: one seed, no interval)", fontsize=9
-    )
-    ax.grid(alpha=0.3, axis="x")
-    return png_bytes(fig), {"baseline": summary["baseline"], "rows": rows}
-
-
-def plot_convergence(summary: Mapping[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
-    """Test accuracy of the fine head per epoch: mean over seeds with a ± std band."""
-    from matplotlib.ticker import MaxNLocator
-
-    data: dict[str, Any] = {"target": None, "configs": {}}
-    fig = figure(6.5, 3.4)
-    ax = fig.subplots()
-    for k, (name, c) in enumerate(summary["configs"].items()):
-        curves = [cv for cv in c.get("curves", []) if cv]
-        if not curves:
-            continue
-        n = min(len(cv) for cv in curves)  # epochs every seed has
-        arr = 100 * np.array([cv[:n] for cv in curves], dtype=float)
-        mean = arr.mean(axis=0)
-        std = arr.std(axis=0, ddof=1) if len(arr) > 1 else np.zeros(n)
-        epochs = np.arange(1, n + 1)
-        ax.plot(epochs, mean, marker="o", markersize=3, color=f"C{k}", label=name)
-        ax.fill_between(epochs, mean - std, mean + std, color=f"C{k}", alpha=0.2, linewidth=0)
-        data["configs"][name] = {"epoch": epochs, "mean": mean, "std": std}
-    if not data["configs"]:
-        return None, data
-    target = summary.get("baseline_final_accuracy")
-    if target is not None:
-        data["target"] = 100 * target
-        ax.axhline(
-            100 * target,
-            color="0.4",
-            linestyle="--",
-            linewidth=0.9,
-            label=f"{summary['baseline']} final",
-        )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy of the fine head (%)")
-    ax.set_title("convergence: mean ± std over seeds", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return png_bytes(fig), data
+    return rows
 
 
 # ------------------------------------------------------------------------------------ html
+def _finite(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _ms(m: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
     if not m or not m.get("n") or m.get("mean") is None or math.isnan(_finite(m["mean"])):
         return "-"
@@ -317,7 +202,9 @@ def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dic
         f"Epochs to {e(base)}'s final: the first epoch whose test accuracy reaches the "
         "baseline's mean final accuracy (seeds that never reach it are counted apart).</p>"
     ]
-    png, data["differences"] = plot_differences(summary)
+    points = difference_points(summary)
+    data["differences"] = {"baseline": base, "rows": points}
+    png = plot_differences(points, base)
     header = ["config", "+TR - base (pts)", "+TR shows", "+JP - base (pts)", "+JP shows"]
     sections.append(
         f"<h2>Difference from {e(base)}</h2>"

@@ -1,0 +1,277 @@
+"""Callbacks of ssal's training runs: the ``groupings: auto`` probe, a NaN guard, and progress
+bars that read the loss only when they redraw."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+from ssal.evaluate import groupings_from_model
+from ssal.grouping import load_groupings, save_groupings
+
+__all__ = [
+    "AutoGroupings",
+    "LastAndBestCheckpoint",
+    "LossProgressBar",
+    "LossRichProgressBar",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "use_loss_progress_bar",
+]
+
+log = logging.getLogger("ssal")
+
+
+class AutoGroupings(Callback):
+    """``groupings: auto``: the paper's workflow inside one ``fit``.
+
+    Before the SSAL model is trained, the same network without branches (the probe) trains
+    for ``probe_epochs``; its confusion on the held-out split (never the test set) is grouped
+    into ``auto_groups`` (default: the model's paper sizes) with ``auto_mode``; the groupings
+    are written to ``groupings.json`` in the run folder (or ``out``) and the model is rebuilt
+    with its branches, all before the optimiser exists. Runs resumed from a checkpoint take the
+    checkpoint's groupings instead. Under Lightning's own multi-process launcher the launching
+    process derives them first (``derive``) and hands the file to the others.
+    """
+
+    ENV = "SSAL_AUTO_GROUPINGS"
+
+    def __init__(self, out: str | Path | None = None) -> None:
+        self.out = out
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or not getattr(pl_module, "awaits_groupings", False):
+            return
+        if trainer.ckpt_path:  # resuming: on_load_checkpoint restores the groupings
+            return
+        shared = os.environ.get(self.ENV)
+        if shared:
+            path = Path(shared)
+        elif trainer.world_size > 1:
+            raise ValueError(
+                "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
+                "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
+                "first and pass --model.groupings FILE"
+            )
+        else:
+            path = self.derive(trainer, pl_module, trainer.datamodule)
+        groupings, _ = load_groupings(path, num_classes=pl_module.hparams.num_classes)
+        pl_module.set_groupings(groupings)
+
+    def derive(self, trainer: L.Trainer, module: Any, datamodule: Any) -> Path:
+        """Train the probe, group its held-out confusion, write and return the groupings file."""
+        hp = module.hparams
+        out = Path(self.out or trainer.log_dir or trainer.default_root_dir) / "groupings.json"
+        args = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI's own
+        probe = type(module)(**{**args, "groupings": None, "compile": False})
+        device = trainer.strategy.root_device
+        log.info("probe: training %s without branches for %d epochs", hp.model, hp.probe_epochs)
+        probe_trainer = L.Trainer(
+            accelerator=device.type,
+            devices=[device.index or 0] if device.type == "cuda" else 1,
+            precision=trainer.precision,
+            max_epochs=hp.probe_epochs,
+            limit_train_batches=trainer.limit_train_batches,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=trainer.progress_bar_callback is not None,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        use_loss_progress_bar(probe_trainer, label="probe: ")
+        try:
+            probe_trainer.fit(probe, datamodule)
+        finally:
+            datamodule.trainer = trainer  # the probe's trainer borrowed it
+        datamodule.setup("fit")
+        sizes = hp.auto_groups or list(module.entry.paper_groups)
+        groupings, _ = groupings_from_model(
+            probe.net, datamodule, sizes, hp.auto_mode, device=device
+        )
+        save_groupings(out, groupings, datamodule.class_names)
+        log.info("groupings (%s) from the probe's held-out confusion: %s", hp.auto_mode, out)
+        return out
+
+    @classmethod
+    def derive_before_launch(cls, trainer: L.Trainer, module: Any, datamodule: Any) -> None:
+        """For Lightning's multi-process launcher: derive in the launching process and hand the
+        file to the processes it starts (they inherit the environment)."""
+        if os.environ.get(cls.ENV) or not getattr(module, "awaits_groupings", False):
+            return
+        path = cls().derive(trainer, module, datamodule)
+        os.environ[cls.ENV] = str(path.resolve())
+
+
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is the latest state after every
+    epoch, as resuming and evaluation expect. (Since Lightning 2.6, ``save_last`` writes it
+    only when a top-k checkpoint was written, so a run whose monitored figure stopped
+    improving would resume from its best epoch, not its last.)"""
+
+    def _save_last_if_missed(self, trainer: L.Trainer, on_train_epoch_end: bool) -> None:
+        if (
+            self.save_last
+            and not self._should_skip_saving_checkpoint(trainer)
+            and self._should_save_on_train_epoch_end(trainer) == on_train_epoch_end
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_missed(trainer, on_train_epoch_end=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_missed(trainer, on_train_epoch_end=False)
+
+
+class _LossOnRedraw:
+    """Shows the training loss taken from each step's output, turned into a number (a host
+    sync on a GPU) at most once every ``read_every`` steps, instead of Lightning's way: a metric
+    logged with ``prog_bar=True`` is read after every step, whether a bar is shown or not.
+    ``v_num`` is the first logger's version (the CSV run folder)."""
+
+    def __init__(self, *args: Any, read_every: int = 1, label: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_every = max(1, int(read_every))
+        self.label = label
+        self._loss: torch.Tensor | None = None
+        self._scale = 1.0
+        self._pending = 0
+        self._text: str | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._loss = loss
+            # automatic optimisation hands back the loss divided by the accumulation count
+            accumulating = pl_module.automatic_optimization and trainer.accumulate_grad_batches
+            self._scale = float(accumulating or 1)
+            self._pending += 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_start(self, trainer, *args: Any) -> None:  # noqa: ANN001
+        self._loss, self._text, self._pending = None, None, 0
+        super().on_train_epoch_start(trainer, *args)
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:  # noqa: ANN001
+        metrics = super().get_metrics(trainer, pl_module)
+        if trainer.loggers and trainer.loggers[0].version not in ("", None):
+            metrics["v_num"] = str(trainer.loggers[0].version)
+        if self._loss is not None and (self._text is None or self._pending >= self.read_every):
+            self._text = f"{float(self._loss) * self._scale:.4g}"
+            self._pending = 0
+        if self._text is not None:
+            metrics["loss"] = self._text
+        return metrics
+
+
+class LossProgressBar(_LossOnRedraw, TQDMProgressBar):
+    """Lightning's tqdm bar with the training loss read at most every ``read_every`` steps."""
+
+    def on_train_epoch_start(self, trainer, *args: Any) -> None:  # noqa: ANN001
+        super().on_train_epoch_start(trainer, *args)
+        if self.label:
+            self.train_progress_bar.set_description(f"{self.label}Epoch {trainer.current_epoch}")
+
+
+class LossRichProgressBar(_LossOnRedraw, RichProgressBar):
+    """Lightning's rich bar (its default when rich is installed) with the training loss read
+    at most every ``read_every`` steps (rich redraws the metrics after every step)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return self.label + super()._get_train_description(current_epoch)
+
+
+# Steps between reads of the loss for the progress bar on a GPU (each read waits for it).
+GPU_READ_EVERY = 25
+
+
+def use_loss_progress_bar(
+    trainer: L.Trainer, read_every: int | None = None, label: str = ""
+) -> None:
+    """Swap Lightning's tqdm or rich bar (its default, or one configured with its settings) for
+    the subclass above with the same settings; other bars, or none, stay as they are.
+
+    ``read_every`` defaults to 25 steps on CUDA and every step elsewhere; ``label`` prefixes
+    the training bar's description.
+    """
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    if read_every is None:
+        read_every = GPU_READ_EVERY if isinstance(trainer.accelerator, CUDAAccelerator) else 1
+    for i, cb in enumerate(trainer.callbacks):
+        if type(cb) is TQDMProgressBar:
+            trainer.callbacks[i] = LossProgressBar(
+                cb.refresh_rate, cb.process_position, cb._leave, read_every=read_every, label=label
+            )
+        elif type(cb) is RichProgressBar:
+            trainer.callbacks[i] = LossRichProgressBar(
+                refresh_rate=cb.refresh_rate,
+                leave=cb._leave,
+                theme=cb.theme,
+                console_kwargs=cb._console_kwargs,
+                read_every=read_every,
+                label=label,
+            )
+
+
+class NonFiniteLossError(ValueError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training when the loss turns NaN/inf, saying at which step, before anything is saved.
+
+    The check reads one flag from the device every ``every_n_steps`` steps (no host sync per
+    step); checkpoints are written only at epoch ends, so the last good one stays as it is.
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = max(1, every_n_steps)
+        self._bad: torch.Tensor | None = None
+        self._first_bad_step: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        step = torch.tensor(trainer.global_step, device=bad.device)
+        if self._bad is None:
+            self._bad = torch.zeros((), dtype=torch.bool, device=bad.device)
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=bad.device)
+        self._first_bad_step = torch.where(self._bad | ~bad, self._first_bad_step, step)
+        self._bad = self._bad | bad
+        last = batch_idx + 1 == trainer.num_training_batches
+        if trainer.global_step % self.every_n_steps == 0 or last:
+            self._raise_if_bad(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raise_if_bad(trainer)
+
+    def _raise_if_bad(self, trainer: L.Trainer) -> None:
+        if self._bad is None:
+            return
+        if trainer.strategy.reduce_boolean_decision(bool(self._bad), all=False):
+            step = int(self._first_bad_step)
+            ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at step {step} (epoch {trainer.current_epoch}); "
+                f"training stopped, the last good checkpoint is kept ({ckpt}); lower the "
+                "learning rate or check the data"
+            )

@@ -1,0 +1,227 @@
+"""The one checkpoint and export schema: what a trained SSAL model carries, written and read here.
+
+A checkpoint written by ``ssal fit`` is Lightning's dict with, under ``"ssal"``, everything
+evaluation and inference need as plain values (so it loads with ``torch.load(weights_only=True)``
+and nothing is unpickled): the model name and its branch positions and layouts, the groupings,
+alpha, class names, the preprocessing the model expects (normalisation, resize and crop, as
+data) and the data settings it was trained on. ``ssal export`` writes the same description as
+``ssal.json`` beside the weights as safetensors. This module knows nothing of Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssal.backbones.registry import create_model
+from ssal.files import write_json
+from ssal.grouping import Grouping
+from ssal.model import SSALModel
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "EXPORT_INFO",
+    "EXPORT_WEIGHTS",
+    "describe_model",
+    "export_checkpoint",
+    "groupings_of",
+    "load_checkpoint",
+    "preprocessing_of",
+    "read_checkpoint",
+    "set_checkpoint_alpha",
+]
+
+CHECKPOINT_KEY = "ssal"
+EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "ssal.json"
+SCHEMA_VERSION = 2
+_LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
+_LEGACY_CROP_FRACTION = 0.875
+
+
+def describe_model(
+    net: SSALModel,
+    model: str,
+    num_classes: int,
+    branch_weights: Sequence[float],
+    alpha: float,
+    class_names: Sequence[str] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``"ssal"`` section of a checkpoint (and ``ssal.json`` of an export), plain values.
+
+    ``preprocessing``: ``mean``/``std`` (per channel, [0, 1] scale) and how an image becomes
+    the model's input: ``resize`` (the short side, then a centre ``crop`` ``[H, W]``) or, when
+    both are ``None``, a resize to the model's input size. ``data``: the datamodule's class
+    path and arguments, so evaluation can rebuild the splits.
+    """
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": model,
+        "num_classes": int(num_classes),
+        "in_channels": net.input_size[0],
+        "input_size": list(net.input_size),
+        "positions": list(net.positions),
+        "layouts": list(net.layouts),
+        "groupings": [g.to_dict() for g in net.groupings],
+        "branch_weights": [float(w) for w in branch_weights],
+        "alpha": float(alpha),
+        "class_names": list(class_names) if class_names is not None else None,
+        "preprocessing": preprocessing,
+        "data": data,
+    }
+
+
+def groupings_of(info: dict[str, Any]) -> list[Grouping]:
+    """The groupings of a model description (``Grouping`` objects pass through)."""
+    return [g if isinstance(g, Grouping) else Grouping.from_dict(g) for g in info["groupings"]]
+
+
+def preprocessing_of(info: dict[str, Any]) -> dict[str, Any]:
+    """How images become the model's input: ``mean``, ``std``, ``resize``, ``crop``.
+
+    Checkpoints of schema 1 stored only the normalisation and the datamodule's name; for them
+    image folders meant a resize to ``S / 0.875`` and a centre crop of ``S``.
+    """
+    c, h, w = (int(v) for v in info["input_size"])
+    prep = info.get("preprocessing")
+    if prep:
+        return {"resize": None, "crop": None, **prep}
+    norm = info.get("normalization") or {}
+    crop = (info.get("data") or {}).get("class_path") == _LEGACY_CROPPING
+    return {
+        "mean": norm.get("mean", [0.0] * c),
+        "std": norm.get("std", [1.0] * c),
+        "resize": int(h / _LEGACY_CROP_FRACTION) if crop else None,
+        "crop": [h, w] if crop else None,
+    }
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling code; clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe files
+        raise ValueError(f"{path}: not a loadable checkpoint ({_reason(e)})") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not an ssal checkpoint (no '{CHECKPOINT_KEY}' section)")
+    return ckpt
+
+
+def _reason(e: BaseException) -> str:
+    """The first sentence of an exception's message, without torch's advice to unpickle."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    for cut in (" Please file an issue", " (1) In PyTorch", "Weights only load failed."):
+        if cut in first and first.index(cut) > 0:
+            first = first[: first.index(cut)]
+    if first.startswith("Weights only load failed"):
+        return "it holds objects other than tensors and plain values; refused"
+    return first.strip()[:160]
+
+
+def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An ``ssal export`` folder: weights as safetensors (no pickle) and a JSON description."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info_path, weights = folder / EXPORT_INFO, folder / EXPORT_WEIGHTS
+    for p in (info_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path}: not an ssal model description")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{weights}: not a loadable safetensors file ({e})") from None
+    return info, {f"net.{k}": v for k, v in state.items()}
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[SSALModel, dict[str, Any]]:
+    """Rebuild the trained ``SSALModel`` from a checkpoint or an ``ssal export`` folder.
+
+    Returns the model (eval mode) and its description: model name, ``groupings`` (as
+    ``Grouping``), alpha, class names, ``preprocessing`` and data settings, epoch and step.
+    """
+    path = Path(path)
+    if path.is_dir() or path.name in (EXPORT_INFO, EXPORT_WEIGHTS):
+        info, state_dict = _read_export(path if path.is_dir() else path.parent)
+        ckpt: dict[str, Any] = {}
+    else:
+        ckpt = read_checkpoint(path, map_location)
+        info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
+    info = dict(info)
+    try:
+        groupings = groupings_of(info)
+        model = create_model(
+            info["model"],
+            info["num_classes"],
+            groupings or None,
+            in_channels=info["in_channels"],
+            positions=info["positions"] or None,
+            layouts=info["layouts"] or None,
+        )
+        info["preprocessing"] = preprocessing_of(info)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+    state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit {info['model']} ({str(e)[:200]})") from None
+    info["groupings"] = groupings
+    info["epoch"] = ckpt.get("epoch", info.get("epoch"))
+    info["global_step"] = ckpt.get("global_step", info.get("global_step"))
+    return model.eval(), info
+
+
+def set_checkpoint_alpha(path: str | Path, alpha: float, chosen_on: str) -> None:
+    """Store a tuned alpha in a checkpoint (atomically), so evaluation and predict use it."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    ckpt[CHECKPOINT_KEY]["alpha"] = float(alpha)
+    ckpt[CHECKPOINT_KEY]["alpha_chosen_on"] = chosen_on
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+
+
+def export_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's weights as safetensors plus ``ssal.json`` (model, groupings, alpha).
+
+    The pair loads without unpickling anything (``load_checkpoint(out)``), so it is safe to
+    share; ``ssal evaluate`` and ``ssal predict`` accept the folder. Files are readable by all,
+    as files meant for sharing are.
+    """
+    from safetensors.torch import save_file
+
+    ckpt = read_checkpoint(path)
+    info = dict(ckpt[CHECKPOINT_KEY])
+    info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
+    state = {
+        k[4:]: v.contiguous()
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("net.") and isinstance(v, torch.Tensor)
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{EXPORT_WEIGHTS}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+    tmp.chmod(0o644)
+    tmp.replace(out / EXPORT_WEIGHTS)
+    write_json(out / EXPORT_INFO, info)
+    return out

@@ -1,0 +1,58 @@
+"""The ssal command line: one module per subcommand.
+
+Errors a user can cause end in one line on stderr and exit code 2 (``--debug`` shows the
+traceback); ``fit``, ``validate`` and ``test`` are handed to Lightning's CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ssal.cli import (
+    bench,
+    data,
+    demo,
+    evaluate,
+    export,
+    fit,
+    group,
+    models,
+    predict,
+    report,
+    study,
+)
+from ssal.cli.common import Parser, UserError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> Parser:
+    """The ``ssal`` parser with every subcommand."""
+    parser = Parser(prog="ssal", description="Self-Supervised Autogenous Learning for PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    models.add_parser(sub)
+    fit.add_parsers(sub)
+    for command in (group, evaluate, predict, report, study, export, data, bench, demo):
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ssal`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if argv and argv[0] in fit.LIGHTNING_COMMANDS:
+        return fit.run(argv, debug)
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        print(f"ssal: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssal: interrupted", file=sys.stderr)
+        return 130

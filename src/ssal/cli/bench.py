@@ -1,0 +1,73 @@
+"""``ssal bench``: training and evaluation throughput, FLOPs, MFU, speedup over a plain loop."""
+
+from __future__ import annotations
+
+import argparse
+
+from ssal.cli.common import UserError, console
+from ssal.files import write_json
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="training/eval throughput, FLOPs, MFU, speedup")
+    p.add_argument("--model", required=True)
+    p.add_argument("--ssal", action="store_true", help="with branches (and their overhead)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "bf16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode (the last three tune kernels; the middle two add CUDA graphs)",
+    )
+    p.add_argument("--profile", metavar="DIR", help="also write operator tables and traces here")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: table)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--no-reference", action="store_true", help="skip the plain PyTorch loop")
+    p.add_argument("--reference-workers", type=int, help="DataLoader workers of the reference")
+    p.add_argument("--json", help="write the result to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.table import Table
+
+    from ssal.bench import bench_rows, run_bench
+
+    if args.compile_mode and not args.compile:
+        raise UserError("--compile-mode needs --compile")
+    torch.set_float32_matmul_precision("high")  # TF32 where the GPU has it
+    result = run_bench(
+        args.model,
+        ssal=args.ssal,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        peak_tflops=args.peak_tflops,
+        num_classes=args.num_classes,
+        reference=not args.no_reference,
+        reference_workers=args.reference_workers,
+        compile_mode=args.compile_mode,
+        profile=args.profile,
+    )
+    if args.json:
+        write_json(args.json, result)
+    t = Table(title="ssal bench")
+    cols = ("model", "device", "precision", "train img/s", "eval img/s", "MFU", "speedup")
+    for col in (*cols, "branches", "memory"):
+        t.add_column(col)
+    for row in bench_rows([result]):
+        t.add_row(*row)
+    console().print(t)
+    return 0

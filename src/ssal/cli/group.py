@@ -1,0 +1,92 @@
+"""``ssal group``: groupings from a confusion matrix or from a baseline's held-out confusion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ssal.cli.common import add_data_args, checkpoint_data, console, device, track
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("group", help="derive groupings from a confusion matrix")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--confusion", help="(C, C) confusion matrix as .npy")
+    src.add_argument("--checkpoint", help="baseline checkpoint (confusion on held-out split)")
+    p.add_argument("--groups", type=int, nargs="+", required=True, help="numbers of groups")
+    p.add_argument("--mode", choices=["similar", "split"], default="similar")
+    p.add_argument("--size-margin", type=float, default=1.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--names", help="class names: one per line, or a JSON list")
+    p.add_argument("--out", required=True, help="groupings JSON file to write")
+    add_data_args(p)
+    p.add_argument("--save-confusion", help="with --checkpoint: also save the confusion .npy")
+    p.set_defaults(func=run)
+
+
+def _read_names(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"class names file not found: {p}")
+    text = p.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            return [str(n) for n in json.loads(text)]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not a JSON list of names ({e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_confusion(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"confusion matrix file not found: {p}")
+    try:
+        m = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{p}: not a .npy array ({e})") from None
+    if not isinstance(m, np.ndarray):
+        raise ValueError(f"{p}: expected one array in .npy format, found an archive")
+    return m
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssal.evaluate import groupings_from_model
+    from ssal.grouping import Grouping, save_groupings
+
+    names = _read_names(args.names) if args.names else None
+    if args.checkpoint:
+        model, info, dm = checkpoint_data(args)
+        groupings, confusion = groupings_from_model(
+            model,
+            dm,
+            args.groups,
+            args.mode,
+            args.size_margin,
+            args.seed,
+            device(args.device),
+            track(),
+        )
+        names = names or info.get("class_names")
+        if args.save_confusion:
+            np.save(args.save_confusion, confusion)
+    else:
+        confusion = _read_confusion(args.confusion)
+        groupings = [
+            Grouping.from_confusion(confusion, g, args.mode, args.size_margin, args.seed)
+            for g in args.groups
+        ]
+    if names is not None and len(names) != confusion.shape[0]:
+        raise ValueError(f"{args.names}: {len(names)} names for {confusion.shape[0]} classes")
+    out = save_groupings(args.out, groupings, names)
+    sizes = ", ".join(
+        f"{g.name}: sizes {np.bincount(g.assignment).min()}-{np.bincount(g.assignment).max()}"
+        for g in groupings
+    )
+    console(stderr=True).print(f"wrote {out} ({sizes})")
+    return 0

@@ -1,0 +1,100 @@
+"""``ssal report``: one self-contained HTML page for run folders, or for a study."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ssal.cli.common import add_data_args, console, device, pct, track
+from ssal.files import write_json
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="HTML report with plots for run folders or a study")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (ssal demo's folder reports its baseline and SSAL runs), or one "
+        "ssal study folder (or its study.json)",
+    )
+    p.add_argument("--out", help="HTML file to write (default: report.html in the first RUN_DIR)")
+    p.add_argument("--json", help="also write the plotted data to this JSON file")
+    p.add_argument("--alpha", type=float, help="fixed alpha (default: chosen on held-out split)")
+    add_data_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate run folders (or read a study) and write one HTML report; print the numbers."""
+    from ssal.report import find_study, write_report
+
+    if any(find_study(p) for p in args.runs):
+        return _study(args)
+    path, data = write_report(
+        args.runs,
+        args.out,
+        data_dir=args.data_dir,
+        device=device(args.device),
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        track=track(not args.quiet),
+    )
+    if args.json:
+        write_json(args.json, data)
+    for r in data["runs"]:
+        for w in r.get("warnings") or []:
+            console(stderr=True).print(f"warning: {w}")
+    _print(data)
+    console(stderr=True).print(f"wrote {path}")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from ssal.cli.study import print_study
+    from ssal.report import write_study_report
+
+    if len(args.runs) > 1:
+        raise ValueError("give one study folder (or study.json), or run folders without a study")
+    path, data, summary = write_study_report(args.runs[0], args.out)
+    if args.json:
+        write_json(args.json, data)
+    print_study(summary)
+    console(stderr=True).print(f"wrote {path}")
+    return 0
+
+
+def _print(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    runs = data["runs"]
+    t = Table(title="ssal report (test split)")
+    t.add_column("measure")
+    for r in runs:
+        t.add_column(r["name"], justify="right")
+    has = lambda r: bool(r["groupings"])  # noqa: E731
+    t.add_row("fine head (+TR)", *(pct(r["test"]["fine_accuracy"]) for r in runs))
+    t.add_row("joint (+JP)", *(pct(r["test"]["joint_accuracy"]) if has(r) else "-" for r in runs))
+    t.add_row(
+        "all heads agree: accuracy",
+        *(pct(r["set_aside"]["kept_accuracy"]) if has(r) else "-" for r in runs),
+    )
+    t.add_row(
+        "AURC by confidence", *(f"{r['risk_coverage']['confidence']['aurc']:.4f}" for r in runs)
+    )
+    t.add_row(
+        "AURC by disagreement",
+        *(
+            f"{r['risk_coverage']['disagreement']['aurc']:.4f}"
+            if "disagreement" in r["risk_coverage"]
+            else "-"
+            for r in runs
+        ),
+    )
+    if all("hierarchy" in r for r in runs):
+        sev = lambda h: "-" if h["mean_severity"] is None else f"{h['mean_severity']:.3f}"  # noqa: E731
+        t.add_row("mean mistake severity", *(sev(r["hierarchy"]) for r in runs))
+    console().print(t)

@@ -1,0 +1,189 @@
+"""Image transforms: the paper's shift/flip augmentation, normalisation, and the evaluation
+resize and crop rule (the only copy: data modules, shards and inference all use it).
+
+Batched tensor transforms run on whatever device the batch is on; torch only, plus
+torchvision for resizing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "EVAL_CROP_FRACTION",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "eval_preprocessing",
+    "eval_resize",
+    "folder_transforms",
+    "normalize",
+    "random_resized_crop_box",
+    "resize_for_model",
+    "shift_flip",
+]
+
+IMAGENET_MEAN: list[float] = [0.485, 0.456, 0.406]
+IMAGENET_STD: list[float] = [0.229, 0.224, 0.225]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map indices in [-(size-1), 2*(size-1)] into [0, size) by reflection (no edge repeat)."""
+    last = size - 1
+    return last - (last - index.abs()).abs()
+
+
+def shift_flip(
+    images: torch.Tensor,
+    max_shift: int = 5,
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Randomly shift and horizontally flip every image of a batch, independently.
+
+    Equivalent to reflect-padding each image (N, C, H, W) by ``max_shift`` on all sides,
+    cropping an H x W window at a uniform random offset in ``[0, 2*max_shift]`` per axis (a
+    shift in ``[-max_shift, max_shift]``), then flipping left-right with probability 0.5. Runs as
+    one gather on the tensor's device; works for any dtype. ``generator`` may live on the CPU
+    or on the images' device.
+
+    Returns:
+        A new tensor of the same shape, dtype and device.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"shift_flip needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    n, c, h, w = images.shape
+    if max_shift >= min(h, w):
+        raise ValueError(
+            f"max_shift={max_shift} must be smaller than the image size {h}x{w} for reflect padding"
+        )
+    if n == 0 or (max_shift == 0 and not flip):
+        return images.clone()
+    device = images.device
+    rng_device = generator.device if generator is not None else device
+    span = 2 * max_shift + 1
+    top = torch.randint(0, span, (n,), generator=generator, device=rng_device).to(device)
+    left = torch.randint(0, span, (n,), generator=generator, device=rng_device).to(device)
+    rows = top[:, None] - max_shift + torch.arange(h, device=device)  # (n, h) padded coords
+    cols = left[:, None] - max_shift + torch.arange(w, device=device)  # (n, w)
+    if flip:
+        flipped = torch.rand(n, generator=generator, device=rng_device).to(device) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    rows, cols = _reflect(rows, h), _reflect(cols, w)
+    source = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return images.reshape(n, c, h * w).gather(2, source).view(n, c, h, w)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Return ``(images / 255 - mean) / std`` per channel as a float tensor.
+
+    ``images`` is (N, C, H, W) uint8, or float on the same 0..255 scale; ``mean``/``std`` have
+    C entries on the [0, 1] scale. Floating inputs keep their dtype, integers become float32.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"normalize needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    channels = images.shape[1]
+    mean_t = torch.as_tensor(mean, dtype=dtype, device=images.device).flatten()
+    std_t = torch.as_tensor(std, dtype=dtype, device=images.device).flatten()
+    if len(mean_t) != channels or len(std_t) != channels:
+        raise ValueError(
+            f"mean and std need {channels} values (one per channel), got {len(mean_t)} and "
+            f"{len(std_t)}"
+        )
+    scale = (1.0 / (255.0 * std_t)).view(1, channels, 1, 1)
+    shift = (mean_t / std_t).view(1, channels, 1, 1)
+    return images.to(dtype) * scale - shift
+
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of an Inception-style random crop (torchvision's
+    ``RandomResizedCrop`` rule: area share in ``scale``, log-uniform aspect ``ratio``, 10 tries
+    then a centre crop), drawn from ``generator``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(2, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif aspect > max(ratio):
+        h, w = height, round(height * max(ratio))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+
+# --------------------------------------------------------------------------- evaluation
+EVAL_CROP_FRACTION = 0.875
+"""Image-folder evaluation: resize the short side to ``S / 0.875``, then take the centre S x S."""
+
+
+def eval_resize(size: int) -> int:
+    """The short side an image is resized to before its centre ``size`` crop is taken."""
+    return int(size / EVAL_CROP_FRACTION)
+
+
+def eval_preprocessing(
+    mean: Sequence[float], std: Sequence[float], crop_size: int | None = None
+) -> dict[str, Any]:
+    """How an image becomes a model's input, as data (stored in checkpoints): normalisation
+    and, for image folders (``crop_size``), the evaluation resize and centre crop; without
+    ``crop_size`` images are resized to the model's input size."""
+    return {
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "resize": eval_resize(crop_size) if crop_size else None,
+        "crop": [crop_size, crop_size] if crop_size else None,
+    }
+
+
+def resize_for_model(img: Any, size: tuple[int, int], preprocessing: dict | None = None) -> Any:
+    """Resize (and crop) a PIL image or ``(C, H, W)`` tensor as ``preprocessing`` says
+    (``eval_preprocessing``); the result is ``size = (H, W)``."""
+    from torchvision.transforms.v2 import functional as F
+
+    prep = preprocessing or {}
+    if prep.get("resize"):
+        img = F.resize(img, [int(prep["resize"])], antialias=True)
+        return F.center_crop(img, [int(s) for s in (prep.get("crop") or size)])
+    return F.resize(img, [int(size[0]), int(size[1])], antialias=True)
+
+
+def folder_transforms(size: int, train: bool, to_tensor: bool = True) -> Any:
+    """Per-image torchvision transforms for image folders: RandomResizedCrop + flip for
+    training, the evaluation resize + centre crop otherwise; uint8 tensors out."""
+    from torchvision.transforms import v2
+
+    if train:
+        steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps = [v2.Resize(eval_resize(size), antialias=True), v2.CenterCrop(size)]
+    if to_tensor:
+        steps += [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True), v2.ToPureTensor()]
+    return v2.Compose(steps)

@@ -1,0 +1,232 @@
+"""Images to structured predictions, without any training engine.
+
+``predict_images`` reads image files of any size and mode, turns them into the model's input
+exactly as its checkpoint says (``preprocessing``: normalisation, resize and crop, stored as
+data) and returns one plain dict per image (``describe_predictions``; the format is documented
+in the README, "Predictions (JSON)"). ``predict_tensors`` does the same for a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssal.data.transforms import normalize, resize_for_model
+from ssal.grouping import Grouping
+from ssal.predict import GroupingLike, joint_predict, structured_predict
+
+__all__ = [
+    "describe_predictions",
+    "iter_predictions",
+    "load_image",
+    "load_images",
+    "predict_images",
+    "predict_tensors",
+]
+
+
+def _to_mode(img: Any, in_channels: int) -> Any:
+    """A PIL image in ``"L"`` (1 channel) or ``"RGB"`` (3): 16-bit scaled, EXIF applied."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode == "I":  # PIL would clip, not scale
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "I" or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("L" if in_channels == 1 else "RGB")
+
+
+def load_image(
+    path: str | Path,
+    in_channels: int,
+    size: Sequence[int],
+    preprocessing: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Read one image file into a uint8 ``(in_channels, H, W)`` tensor, as the model was fed.
+
+    Any mode PIL reads (grey, RGB, RGBA, palette, 16-bit, ...) becomes ``"L"`` or ``"RGB"``;
+    EXIF orientation is applied; then ``preprocessing``'s resize and crop (by default a plain
+    resize to ``size = (H, W)``). Raises ``FileNotFoundError`` or
+    ``ValueError("<file>: cannot read image (...)")``.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as F
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"models with {in_channels} input channels cannot read image files")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = _to_mode(img, in_channels)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: cannot read image (not a known image format)") from None
+    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, ...
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot read image ({reason})") from None
+    img = resize_for_model(img, (int(size[0]), int(size[1])), preprocessing)
+    return F.pil_to_tensor(img)
+
+
+def load_images(paths: Sequence[str | Path], info: dict[str, Any]) -> torch.Tensor:
+    """Read image files for a model (``info`` from ``load_checkpoint``): uint8 (N, C, H, W)."""
+    c, h, w = (int(v) for v in info["input_size"])
+    prep = info.get("preprocessing")
+    return torch.stack([load_image(p, c, (h, w), prep) for p in paths])
+
+
+def _name(names: Sequence[str] | None, c: int) -> str:
+    return str(names[c]) if names is not None and c < len(names) else str(c)
+
+
+def _grouping_name(g: GroupingLike, i: int) -> str:
+    return g.name if isinstance(g, Grouping) and g.name else f"grouping {i + 1}"
+
+
+def _assignment(g: GroupingLike) -> torch.Tensor:
+    a = g.assignment if isinstance(g, Grouping) else g
+    return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).long()
+
+
+def _top(
+    values: torch.Tensor, indices: torch.Tensor, names: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    return [
+        {"class": int(c), "name": _name(names, int(c)), "prob": float(p)}
+        for p, c in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+@torch.no_grad()
+def describe_predictions(
+    fine_logits: torch.Tensor,
+    branch_logits: Sequence[torch.Tensor],
+    groupings: Sequence[GroupingLike],
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.3,
+    top_k: int = 1,
+) -> list[dict[str, Any]]:
+    """Structured predictions as plain dicts (JSON-ready), one per row of ``fine_logits (N, C)``.
+
+    Each holds ``fine`` and ``joint`` (class, name, prob and the ``top`` ``top_k`` classes),
+    ``branches`` (per branch: grouping, group, member class names, prob and whether it
+    ``agrees`` with the fine class's group) and ``consistent`` (every branch agrees).
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    s = structured_predict(fine_logits, branch_logits, groupings, alpha)
+    k = min(top_k, fine_logits.shape[-1])
+    fine_top = torch.softmax(fine_logits.float(), dim=-1).topk(k, dim=-1)
+    joint_top = joint_predict(fine_logits, branch_logits, groupings, alpha).topk(k, dim=-1)
+    assignments = [_assignment(g) for g in groupings]
+    records = []
+    for n in range(fine_logits.shape[0]):
+        fine_c, joint_c = int(s.fine_class[n]), int(s.joint_class[n])
+        branches = []
+        for i, a in enumerate(assignments):
+            group = int(s.branch_group[n, i])
+            members = torch.nonzero(a == group).flatten().tolist()
+            branches.append(
+                {
+                    "branch": i + 1,
+                    "grouping": _grouping_name(groupings[i], i),
+                    "group": group,
+                    "members": [_name(class_names, c) for c in members],
+                    "prob": float(s.branch_prob[n, i]),
+                    "agrees": bool(s.agree[n, i]),
+                }
+            )
+        records.append(
+            {
+                "fine": {
+                    "class": fine_c,
+                    "name": _name(class_names, fine_c),
+                    "prob": float(s.fine_prob[n]),
+                    "top": _top(fine_top.values[n], fine_top.indices[n], class_names),
+                },
+                "branches": branches,
+                "consistent": bool(s.consistent[n]),
+                "joint": {
+                    "class": joint_c,
+                    "name": _name(class_names, joint_c),
+                    "prob": float(s.joint_prob[n]),
+                    "alpha": float(alpha),
+                    "top": _top(joint_top.values[n], joint_top.indices[n], class_names),
+                },
+            }
+        )
+    return records
+
+
+@torch.no_grad()
+def predict_tensors(
+    model: torch.nn.Module,
+    info: dict[str, Any],
+    images: torch.Tensor,
+    alpha: float | None = None,
+    top_k: int = 1,
+) -> list[dict[str, Any]]:
+    """Structured predictions of a checkpoint's model for a batch ``(N, C, H, W)``.
+
+    ``uint8`` images are normalised with the checkpoint's mean and std first; floating images
+    are taken as already normalised. ``alpha`` defaults to the checkpoint's.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    images = images.to(device)
+    if not images.is_floating_point():
+        prep = info.get("preprocessing") or {}
+        c = images.shape[1]
+        images = normalize(images, prep.get("mean", [0.0] * c), prep.get("std", [1.0] * c))
+    out = model(images)
+    return describe_predictions(
+        out.logits.cpu(),
+        [b.cpu() for b in out.branch_logits],
+        info.get("groupings") or [],
+        info.get("class_names"),
+        float(info.get("alpha", 0.0) if alpha is None else alpha),
+        top_k,
+    )
+
+
+def iter_predictions(
+    model: torch.nn.Module,
+    info: dict[str, Any],
+    paths: Sequence[str | Path],
+    alpha: float | None = None,
+    top_k: int = 1,
+    batch_size: int = 64,
+) -> Iterator[list[dict[str, Any]]]:
+    """``predict_images`` batch by batch (one list of records per ``batch_size`` files)."""
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        batch = predict_tensors(model, info, load_images(chunk, info), alpha, top_k)
+        yield [{"file": str(p), **r} for p, r in zip(chunk, batch, strict=True)]
+
+
+def predict_images(
+    model: torch.nn.Module,
+    info: dict[str, Any],
+    paths: Sequence[str | Path],
+    alpha: float | None = None,
+    top_k: int = 1,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Structured predictions for image files (``describe_predictions`` plus ``"file"``).
+
+    Files are read and converted as the model was trained (``load_image``), ``batch_size`` at
+    a time; an unreadable file raises ``ValueError`` naming it.
+    """
+    return [
+        r for batch in iter_predictions(model, info, paths, alpha, top_k, batch_size) for r in batch
+    ]

@@ -1,0 +1,152 @@
+"""The structure ARCHITECTURE.md describes holds: layers import only downwards, the method and
+inference run without the training engine, no import cycles, no long functions."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "ssal"
+
+# lowest first; a module may import its own layer and the ones before it (ARCHITECTURE.md)
+LAYERS = {
+    "method": [
+        "ssal", "ssal.files", "ssal.grouping", "ssal.layouts", "ssal.model", "ssal.loss",
+        "ssal.predict", "ssal.analysis", "ssal.scores", "ssal.recipe", "ssal.runs",
+        "ssal.backbones", "ssal.data", "ssal.data.arrays", "ssal.data.readers",
+        "ssal.data.splits", "ssal.data.transforms", "ssal.data.decoding", "ssal.data.loaders",
+        "ssal.checkpoint", "ssal.inference", "ssal.evaluate",
+    ],
+    "engine": [
+        "ssal.data.base", "ssal.data.in_memory", "ssal.data.image_folder", "ssal.data.shards",
+        "ssal.data.registry", "ssal.shards", "ssal.metrics", "ssal.train", "ssal.callbacks",
+        "ssal.loggers", "ssal.lightning_cli",
+    ],
+    "report": ["ssal.report"],
+    "workflows": ["ssal.demo", "ssal.study", "ssal.bench"],
+    "cli": ["ssal.cli"],
+}  # fmt: skip
+ENGINE_LIBRARIES = ("lightning", "torchmetrics", "rich", "matplotlib")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for rank, prefixes in enumerate(LAYERS.values()):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (
+                best is None or len(p) > len(best[1])
+            ):
+                best = (rank, p)
+    assert best is not None, f"{module} is in no layer of ARCHITECTURE.md"
+    return best[0]
+
+
+def imports() -> dict[str, list[ast.AST]]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        out[module_name(path)] = list(ast.walk(ast.parse(path.read_text())))
+    return out
+
+
+def imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module]
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return []
+
+
+def test_layers_import_only_downwards():
+    wrong = []
+    for mod, nodes in imports().items():
+        for node in nodes:
+            for target in imported(node):
+                if target.startswith("ssal") and layer_of(target) > layer_of(mod):
+                    wrong.append(f"{mod} imports {target}")
+                top = target.split(".")[0]
+                if layer_of(mod) == 0 and top in ENGINE_LIBRARIES:
+                    wrong.append(f"{mod} (method layer) imports {target}")
+    assert not wrong
+
+
+def test_no_import_cycles_and_no_private_names():
+    graph: dict[str, set[str]] = {}
+    private = []
+    for mod, nodes in imports().items():
+        graph[mod] = set()
+        for node in nodes:
+            for target in imported(node):
+                if target.startswith("ssal") and target != mod:
+                    graph[mod].add(target)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssal"):
+                private += [
+                    f"{mod}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not private
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in graph.get(m, ()):
+            assert state.get(n) != 1, "import cycle: " + " -> ".join([*path, n])
+            if n in graph and n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_no_function_over_80_lines():
+    long = [
+        f"{mod}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for mod, nodes in imports().items()
+        for node in nodes
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert not long
+
+
+BOUNDARY = """
+import sys
+import torch
+from PIL import Image
+import ssal, ssal.grouping, ssal.layouts, ssal.model, ssal.loss, ssal.predict, ssal.scores
+import ssal.checkpoint, ssal.inference, ssal.evaluate, ssal.recipe, ssal.runs, ssal.analysis
+import ssal.data.transforms, ssal.data.readers, ssal.data.splits
+from ssal.checkpoint import describe_model, load_checkpoint
+from ssal.data.transforms import eval_preprocessing
+from ssal.inference import predict_images
+
+groupings = [ssal.Grouping([0, 1] * 5), ssal.Grouping([0, 1, 2, 3, 4] * 2)]
+net = ssal.create_model("small-cnn", 10, groupings)
+info = describe_model(net, "small-cnn", 10, [1.0, 1.0], 0.3, [str(c) for c in range(10)],
+                      eval_preprocessing([0.5], [0.25]))
+state = {f"net.{k}": v for k, v in net.state_dict().items()}
+torch.save({"ssal": info, "state_dict": state}, sys.argv[1] + "/model.ckpt")
+Image.new("L", (40, 30), 128).save(sys.argv[1] + "/x.png")
+model, info = load_checkpoint(sys.argv[1] + "/model.ckpt")
+[record] = predict_images(model, info, [sys.argv[1] + "/x.png"])
+assert len(record["branches"]) == 2
+print(" ".join(m for m in ("lightning", "torchmetrics", "rich", "matplotlib") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_method_and_inference_run_without_the_engine(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", BOUNDARY, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"loaded: {done.stdout.strip()}"

@@ -1,0 +1,104 @@
+"""Built SSAL models behave like any nn.Module: deep copies (EMA, SWA), pickling, compiling."""
+
+import copy
+import io
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+import ssal
+from ssal.backbones.registry import default_groupings
+
+TINY = [n for n in ssal.list_models() if n.startswith("tiny-") or n == "small-cnn"]
+BIG = [n for n in ssal.list_models() if n not in TINY]
+
+
+def build(name: str) -> ssal.SSALModel:
+    entry = ssal.get_entry(name)
+    classes = 1000 if name.endswith("imagenet") else 100 if name not in TINY else 10
+    sizes = entry.paper_groups if max(entry.paper_groups) < classes else (2, 3, 5)
+    return ssal.create_model(name, classes, default_groupings(classes, sizes))
+
+
+def batch(model: ssal.SSALModel, n: int) -> torch.Tensor:
+    return torch.randn(n, *model.input_size)
+
+
+def outputs(out: ssal.SSALOutput) -> list[torch.Tensor]:
+    return [out.logits, *out.branch_logits]
+
+
+def check_lifecycle(model: ssal.SSALModel) -> None:
+    model.eval()
+    x = batch(model, 2)
+    with torch.no_grad():
+        ref = outputs(model(x))
+        # a deep copy computes the same and its hooks feed its own branches
+        twin = copy.deepcopy(model)
+        got = outputs(twin(x))
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+        assert all(t is None for t in model._taps) and all(t is None for t in twin._taps)
+        model.backbone(x)  # hooks of the original fill the original's taps only
+        assert all(t is not None for t in model._taps)
+        assert all(t is None for t in twin._taps)
+        model._taps = [None] * len(model._taps)
+        for p in twin.branches.parameters():  # the copy's branches are its own
+            p.add_(1.0)
+        changed = outputs(twin(x))
+        assert not torch.equal(changed[-1], ref[-1]) and torch.equal(changed[0], ref[0])
+        # torch.save of the whole module and back
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert all(torch.equal(a, b) for a, b in zip(ref, outputs(loaded(x)), strict=True))
+    # AveragedModel (SWA/EMA) trains a step
+    model.train()
+    averaged = AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = model(x)
+    loss = sum(o.float().logsumexp(-1).mean() for o in outputs(out))
+    loss.backward()
+    opt.step()
+    averaged.update_parameters(model)
+    averaged.eval()
+    with torch.no_grad():
+        avg = averaged(x)
+    assert len(avg.branch_logits) == model.num_branches
+    assert all(torch.isfinite(t).all() for t in outputs(avg))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_copy_pickle_average(name):
+    check_lifecycle(build(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BIG)
+def test_paper_models_copy_pickle_average(name):
+    torch.manual_seed(0)
+    check_lifecycle(build(name))
+
+
+def dynamo_fullgraph(model: ssal.SSALModel) -> None:
+    """Dynamo traces the model with its branch hooks in one graph (no graph break); the eager
+    backend checks the trace without compiling kernels."""
+    torch._dynamo.reset()
+    model.eval()
+    x = batch(model, 2)
+    with torch.no_grad():
+        ref = outputs(model(x))
+        got = outputs(torch.compile(model, fullgraph=True, backend="eager")(x))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, got, strict=True))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_trace_without_graph_breaks(name):
+    dynamo_fullgraph(build(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BIG)
+def test_paper_models_trace_without_graph_breaks(name):
+    dynamo_fullgraph(build(name))
