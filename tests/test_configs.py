@@ -172,3 +172,15 @@ def test_fashion_mnist_configs_parse(path):
     cfg = load(path)
     assert cfg["data"]["init_args"]["dataset"] == "fashion-mnist"
     assert cfg["model"]["model"] in ("small-cnn", "wrn-16-4")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CONFIGS / "fashion-mnist").rglob("small-cnn_*.yaml")), ids=lambda p: p.name
+)
+def test_small_cnn_configs_hold_the_demos_recipe(path):
+    """The demo trains with small-cnn's registry recipe; its configs spell out the same."""
+    from ssal.backbones.registry import get_entry
+
+    model = load(path)["model"]
+    for key, value in get_entry("small-cnn").recipe.items():
+        assert model[key] == value, (path.name, key)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ssal.backbones.registry import create_model
+from ssal.data.transforms import eval_resize
 from ssal.files import write_json
 from ssal.grouping import Grouping
 from ssal.model import SSALModel
@@ -39,7 +40,6 @@ CHECKPOINT_KEY = "ssal"
 EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "ssal.json"
 SCHEMA_VERSION = 2
 _LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
-_LEGACY_CROP_FRACTION = 0.875
 
 
 def describe_model(
@@ -96,7 +96,7 @@ def preprocessing_of(info: dict[str, Any]) -> dict[str, Any]:
     return {
         "mean": norm.get("mean", [0.0] * c),
         "std": norm.get("std", [1.0] * c),
-        "resize": int(h / _LEGACY_CROP_FRACTION) if crop else None,
+        "resize": eval_resize(h) if crop else None,
         "crop": [h, w] if crop else None,
     }
 
