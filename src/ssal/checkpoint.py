@@ -11,6 +11,7 @@ data) and the data settings it was trained on. ``ssal export`` writes the same d
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,22 +110,28 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable checkpoint ({_reason(e)})") from None
+        raise ValueError(f"{path}: not a loadable checkpoint ({_reason(path, e)})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not an ssal checkpoint (no '{CHECKPOINT_KEY}' section)")
     return ckpt
 
 
-def _reason(e: BaseException) -> str:
-    """The first sentence of an exception's message, without torch's advice to unpickle."""
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
-    for cut in (" Please file an issue", " (1) In PyTorch", "Weights only load failed."):
-        if cut in first and first.index(cut) > 0:
-            first = first[: first.index(cut)]
-    if first.startswith("Weights only load failed"):
-        return "it holds objects other than tensors and plain values; refused"
-    return first.strip()[:160]
+def _reason(path: Path, e: BaseException) -> str:
+    """Why torch could not load ``path``, in a few words (never its advice to unpickle)."""
+    text = " ".join(str(e).split())
+    refused = re.search(r"(unsupported GLOBAL \S+|Unsupported global: GLOBAL \S+)", text)
+    if refused:
+        name = refused.group(1).split()[-1]
+        return f"refused: it would unpickle {name}, which can run code"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return "not a PyTorch checkpoint file"
+    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError):
+        return "truncated or corrupt"
+    if "Weights only load failed" in text:
+        return "it holds something other than tensors and plain values; refused"
+    return "truncated or corrupt"
 
 
 def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -8,7 +8,8 @@ in the README, "Predictions (JSON)"). ``predict_tensors`` does the same for a ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import glob
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,39 @@ from ssal.grouping import Grouping
 from ssal.predict import GroupingLike, joint_predict, structured_predict
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "describe_predictions",
+    "find_images",
     "iter_predictions",
     "load_image",
     "load_images",
     "predict_images",
     "predict_tensors",
 ]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively for files
+    with an image suffix (``IMAGE_SUFFIXES``), and glob patterns (``**`` too) expanded; sorted
+    within each folder or pattern. A path that names nothing is a ``FileNotFoundError``."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.exists() or not glob.has_magic(str(raw)):
+            found.append(path)  # a missing plain file is reported when it is read
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {raw}")
+            found += [m for m in matches if m.is_file()]
+    return found
 
 
 def _to_mode(img: Any, in_channels: int) -> Any:
@@ -206,12 +233,29 @@ def iter_predictions(
     alpha: float | None = None,
     top_k: int = 1,
     batch_size: int = 64,
+    skip: Callable[[Path, str], None] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """``predict_images`` batch by batch (one list of records per ``batch_size`` files)."""
+    """``predict_images`` batch by batch (one list of records per ``batch_size`` files).
+
+    An unreadable file raises ``ValueError``, or, with ``skip``, is reported to
+    ``skip(path, reason)`` and left out.
+    """
+    c, h, w = (int(v) for v in info["input_size"])
+    prep = info.get("preprocessing")
     for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
-        batch = predict_tensors(model, info, load_images(chunk, info), alpha, top_k)
-        yield [{"file": str(p), **r} for p, r in zip(chunk, batch, strict=True)]
+        files, images = [], []
+        for p in paths[start : start + batch_size]:
+            try:
+                images.append(load_image(p, c, (h, w), prep))
+            except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+                if skip is None:
+                    raise
+                skip(Path(p), str(e))
+                continue
+            files.append(p)
+        if files:
+            batch = predict_tensors(model, info, torch.stack(images), alpha, top_k)
+            yield [{"file": str(p), **r} for p, r in zip(files, batch, strict=True)]
 
 
 def predict_images(

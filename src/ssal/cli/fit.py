@@ -12,19 +12,24 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Listed for ``ssal --help``; ``main`` hands these commands to Lightning's CLI."""
+    what = {"fit": "train", "validate": "validate", "test": "test"}
     for name in LIGHTNING_COMMANDS:
-        sub.add_parser(name, help=f"{name} with a YAML config (Lightning CLI; see ssal {name} -h)")
+        sub.add_parser(name, help=f"{what[name]} from a YAML config (see ssal {name} --help)")
 
 
-def run(argv: list[str], debug: bool) -> int:
+def run(argv: list[str], debug: bool, verbose: bool) -> int:
     """Run ``ssal fit|validate|test ...`` (``argv`` starts with the subcommand)."""
-    from ssal.lightning_cli import run_lightning_cli
+    from ssal.cli.common import configure_output, one_line
+    from ssal.lightning_cli import Interrupted, run_lightning_cli
 
-    argv = [a for a in argv if a != "--debug"]
+    configure_output(verbose)  # after Lightning is imported: it sets its loggers on import
     try:
         return run_lightning_cli(argv)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if debug:
             raise
-        print(f"ssal: error: {e}", file=sys.stderr)
+        print(f"ssal: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"ssal: interrupted; resume with: {e}", file=sys.stderr)
+        return 130
