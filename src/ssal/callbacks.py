@@ -124,6 +124,7 @@ class RunReport(Callback):
     (through the ``ssal`` logger: the command line shows them, Python users may)."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        folder = trainer.log_dir  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
         net = pl_module.net
@@ -144,8 +145,8 @@ class RunReport(Callback):
             epochs,
             trainer.strategy.root_device,
         )
-        if trainer.log_dir:
-            log.log(NOTE, "run folder: %s", trainer.log_dir)
+        if folder:
+            log.log(NOTE, "run folder: %s", folder)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         ckpt = trainer.checkpoint_callback
