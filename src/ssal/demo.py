@@ -151,7 +151,7 @@ def _baseline_and_groupings(
 
 def run_demo(
     out: str | Path = "runs/demo",
-    epochs: int = 3,
+    epochs: int = 2,
     train_size: int | None = None,
     data_dir: str | None = None,
     seed: int = 0,

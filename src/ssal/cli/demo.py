@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "again with SSAL branches, and compare the two on the test set (with an HTML report).",
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder")
-    p.add_argument("--epochs", type=int, default=3, metavar="N", help="epochs of each model")
+    p.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs of each model")
     p.add_argument(
         "--train-size", type=int, metavar="N", help="use this many training images (default: all)"
     )
