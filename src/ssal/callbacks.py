@@ -101,7 +101,7 @@ class AutoGroupings(Callback):
         finally:
             datamodule.trainer = trainer  # the probe's trainer borrowed it
         datamodule.setup("fit")
-        sizes = hp.auto_groups or list(module.entry.paper_groups)
+        sizes = hp.auto_groups or list(module.entry.group_sizes(hp.num_classes))
         groupings, _ = groupings_from_model(
             probe.net, datamodule, sizes, hp.auto_mode, device=device
         )

@@ -27,6 +27,7 @@ from ssal.model import SSALModel
 __all__ = [
     "CHECKPOINT_KEY",
     "EXPORT_INFO",
+    "EXPORT_ONNX",
     "EXPORT_WEIGHTS",
     "describe_model",
     "export_checkpoint",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 CHECKPOINT_KEY = "ssal"
-EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "ssal.json"
+EXPORT_WEIGHTS, EXPORT_INFO, EXPORT_ONNX = "model.safetensors", "ssal.json", "model.onnx"
 SCHEMA_VERSION = 2
 _LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
 
@@ -207,28 +208,76 @@ def set_checkpoint_alpha(path: str | Path, alpha: float, chosen_on: str) -> None
     tmp.replace(path)
 
 
-def export_checkpoint(path: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's weights as safetensors plus ``ssal.json`` (model, groupings, alpha).
-
-    The pair loads without unpickling anything (``load_checkpoint(out)``), so it is safe to
-    share; ``ssal evaluate`` and ``ssal predict`` accept the folder. Files are readable by all,
-    as files meant for sharing are.
-    """
-    from safetensors.torch import save_file
-
+def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetensors") -> Path:
+    """Write a checkpoint's model for sharing: ``ssal.json`` (model, groupings, alpha, class
+    names, preprocessing) beside the weights as ``model.safetensors`` (loads with
+    ``load_checkpoint(out)``, nothing unpickled) or, with ``format="onnx"``, the whole model as
+    ``model.onnx`` (``onnx_heads``: one named output per head, any batch size; runs with
+    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all."""
+    if format not in ("safetensors", "onnx"):
+        raise ValueError(f"export format must be safetensors or onnx, got {format!r}")
     ckpt = read_checkpoint(path)
     info = dict(ckpt[CHECKPOINT_KEY])
     info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
-    state = {
-        k[4:]: v.contiguous()
-        for k, v in ckpt["state_dict"].items()
-        if k.startswith("net.") and isinstance(v, torch.Tensor)
-    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{EXPORT_WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+    if format == "onnx":
+        model, _ = load_checkpoint(path)
+        info["onnx_heads"] = onnx_heads(model.num_branches)
+        target, tmp = out / EXPORT_ONNX, out / f".{EXPORT_ONNX}.tmp"
+        _export_onnx(model, tmp)
+    else:
+        state = {
+            k[4:]: v.contiguous()
+            for k, v in ckpt["state_dict"].items()
+            if k.startswith("net.") and isinstance(v, torch.Tensor)
+        }
+        from safetensors.torch import save_file
+
+        target, tmp = out / EXPORT_WEIGHTS, out / f".{EXPORT_WEIGHTS}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
     tmp.chmod(0o644)
-    tmp.replace(out / EXPORT_WEIGHTS)
+    tmp.replace(target)
     write_json(out / EXPORT_INFO, info)
     return out
+
+
+def onnx_heads(num_branches: int) -> list[str]:
+    """Output names of an ONNX export: the fine logits, then each branch's."""
+    return ["logits", *(f"branch{i + 1}" for i in range(num_branches))]
+
+
+class _Heads(torch.nn.Module):
+    """An SSAL model whose forward returns a tuple of tensors (what ONNX exports)."""
+
+    def __init__(self, model: SSALModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        return (out.logits, *out.branch_logits)
+
+
+def _export_onnx(model: SSALModel, target: Path) -> None:
+    """``torch.onnx.export`` (torch.export based) with a dynamic batch dimension."""
+    try:
+        import onnxscript  # noqa: F401 - the exporter needs it
+    except ImportError:
+        raise ValueError(
+            "ONNX export needs onnx and onnxscript: pip install 'ssal[onnx]'"
+        ) from None
+    heads = _Heads(model.eval()).eval()
+    example = torch.zeros(2, *model.input_size)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        heads,
+        (example,),
+        str(target),
+        input_names=["images"],
+        output_names=onnx_heads(model.num_branches),
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        external_data=False,  # one file (models under 2 GB)
+        verbose=False,
+    )

@@ -19,12 +19,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint of ssal fit")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="weights for PyTorch, or the whole model for onnxruntime (one output per head)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ssal.checkpoint import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out)
-    say(f"wrote {out}/model.safetensors and {out}/ssal.json")
+    out = export_checkpoint(args.checkpoint, args.out, args.format)
+    name = "model.onnx" if args.format == "onnx" else "model.safetensors"
+    say(f"wrote {out}/{name} and {out}/ssal.json")
     return 0

@@ -26,11 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssal.backbones.registry import list_models, model_summary
+    from ssal.backbones.registry import list_families, list_models, model_summary
 
     rows = [model_summary(name, args.num_classes, args.groups) for name in list_models()]
+    families = [{"family": True, **f} for f in list_families()]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + families, indent=2))
         return 0
     table = []
     for r in rows:
@@ -47,4 +48,8 @@ def run(args: argparse.Namespace) -> int:
     columns = ("model", "baseline", "SSAL", "paper", "positions (module names)")
     title = f"ssal models ({args.num_classes} classes, groups {' '.join(map(str, args.groups))})"
     show_table(title, columns, table, right=("baseline", "SSAL", "paper"))
+    rows = [[f["pattern"], f["example"]] for f in families]
+    show_table(
+        "families: other numbers, or any timm or torchvision model", ("name", "example"), rows
+    )
     return 0

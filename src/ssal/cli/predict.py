@@ -30,7 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Structured predictions (fine class, each branch's group, agreement, joint "
         "prediction) for image files; folders are searched recursively for images.",
     )
-    p.add_argument("--checkpoint", required=True, help="a .ckpt file or an `ssal export` folder")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a .ckpt file, or an `ssal export` folder (safetensors or ONNX)",
+    )
     p.add_argument(
         "inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns"
     )
@@ -48,8 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssal.checkpoint import load_checkpoint
-    from ssal.inference import find_images
+    from ssal.inference import find_images, load_model
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be >= 1")
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     files = find_images(args.inputs)
     if not files:
         raise UserError(f"no image files in {' '.join(args.inputs)}")
-    model, info = load_checkpoint(args.checkpoint)
+    model, info = load_model(args.checkpoint)
     model = model.to(device(args.device))
     alpha = float(info["alpha"] if args.alpha is None else args.alpha)
     head = {
