@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from ssal.backbones.registry import list_families, list_models, model_summary
 
     rows = [model_summary(name, args.num_classes, args.groups) for name in list_models()]
-    families = [{"family": True, **f} for f in list_families()]
+    families = [
+        {"name": f["pattern"], "family": True, "example": f["example"]} for f in list_families()
+    ]
     if args.json:
         print(json.dumps(rows + families, indent=2))
         return 0
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     columns = ("model", "baseline", "SSAL", "paper", "positions (module names)")
     title = f"ssal models ({args.num_classes} classes, groups {' '.join(map(str, args.groups))})"
     show_table(title, columns, table, right=("baseline", "SSAL", "paper"))
-    rows = [[f["pattern"], f["example"]] for f in families]
+    rows = [[f["name"], f["example"]] for f in families]
     show_table(
         "families: other numbers, or any timm or torchvision model", ("name", "example"), rows
     )
