@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ssal.cli.common import pct, say, show_table, track, warn
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         data_dir=args.data_dir,
         seed=args.seed,
-        quiet=args.quiet,
+        quiet=args.quiet or not sys.stdout.isatty(),  # bars only where someone watches
         log=print,
         track=track(not args.quiet),
         overwrite=args.overwrite,
