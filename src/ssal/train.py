@@ -45,9 +45,11 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 class SSALModule(L.LightningModule):
     """Trains a registered model as a baseline (``groupings=None``) or with SSAL branches.
 
-    ``groupings``: a groupings file, a built-in hierarchy (``cifar100-superclasses``),
-    ``auto`` (a short baseline probe is trained first and its held-out confusion grouped into
-    ``auto_groups``, see ``ssal.callbacks.AutoGroupings``) or ``None``. With fewer groupings
+    ``groupings``: a groupings file (ssal JSON, or one grouping in the authors' text format), a
+    list of such files (the authors' three, one per branch), a built-in hierarchy
+    (``cifar100-superclasses``), ``auto`` (a short baseline probe is trained first and its
+    held-out confusion grouped into ``auto_groups``, see ``ssal.callbacks.AutoGroupings``) or
+    ``None``. With fewer groupings
     than the model has branch positions, the deepest positions are used. ``compile`` and
     ``channels_last`` default to on for CUDA devices and off elsewhere; ``compile_mode`` is
     ``torch.compile``'s ``mode``. ``weight_decay``/``branch_weight_decay`` are PyTorch
@@ -60,7 +62,7 @@ class SSALModule(L.LightningModule):
         model: str = "small-cnn",
         num_classes: int = 10,
         in_channels: int | None = None,
-        groupings: str | None = None,
+        groupings: str | list[str] | None = None,
         auto_groups: list[int] | None = None,
         auto_mode: Literal["similar", "split"] = "similar",
         probe_epochs: int = 5,

@@ -1,4 +1,5 @@
-"""``ssal group``: groupings from a confusion matrix or from a baseline's held-out confusion."""
+"""``ssal group``: groupings from a confusion matrix, from a baseline's held-out confusion, or
+from the authors' published groupings (text files), written as one groupings JSON file."""
 
 from __future__ import annotations
 
@@ -8,17 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ssal.cli.common import add_data_args, checkpoint_data, console, device, track
+from ssal.cli.common import UserError, add_data_args, checkpoint_data, console, device, track
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("group", help="derive groupings from a confusion matrix")
+    p = sub.add_parser("group", help="derive groupings from a confusion matrix, or read them")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--confusion", help="(C, C) confusion matrix as .npy")
     src.add_argument("--checkpoint", help="baseline checkpoint (confusion on held-out split)")
-    p.add_argument("--groups", type=int, nargs="+", required=True, help="numbers of groups")
+    src.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="FILE",
+        help="the authors' groupings, one per branch: text files with the group of class c on "
+        "line c (e.g. cifar100_20_group_similar_v2.txt)",
+    )
+    p.add_argument(
+        "--groups", type=int, nargs="+", help="numbers of groups (--confusion, --checkpoint)"
+    )
     p.add_argument("--mode", choices=["similar", "split"], default="similar")
     p.add_argument("--size-margin", type=float, default=1.1)
     p.add_argument("--seed", type=int, default=0)
@@ -55,12 +65,28 @@ def _read_confusion(path: str) -> np.ndarray:
     return m
 
 
+def _label_files(paths: list[str], names: list[str] | None) -> list:
+    """The authors' groupings files, checked to cover the same classes (``names``' count)."""
+    from ssal.grouping import read_label_file
+
+    first = read_label_file(paths[0], len(names) if names is not None else None)
+    return [first, *(read_label_file(p, first.num_classes) for p in paths[1:])]
+
+
 def run(args: argparse.Namespace) -> int:
     from ssal.evaluate import groupings_from_model
     from ssal.grouping import Grouping, save_groupings
 
     names = _read_names(args.names) if args.names else None
-    if args.checkpoint:
+    if bool(args.labels) == bool(args.groups):
+        raise UserError(
+            "--groups does not apply to --labels"
+            if args.labels
+            else "--groups is needed with --confusion and --checkpoint"
+        )
+    if args.labels:
+        groupings = _label_files(args.labels, names)
+    elif args.checkpoint:
         model, info, dm = checkpoint_data(args)
         groupings, confusion = groupings_from_model(
             model,
@@ -81,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
             Grouping.from_confusion(confusion, g, args.mode, args.size_margin, args.seed)
             for g in args.groups
         ]
-    if names is not None and len(names) != confusion.shape[0]:
-        raise ValueError(f"{args.names}: {len(names)} names for {confusion.shape[0]} classes")
+    classes = groupings[0].num_classes
+    if names is not None and len(names) != classes:
+        raise ValueError(f"{args.names}: {len(names)} names for {classes} classes")
     out = save_groupings(args.out, groupings, names)
     sizes = ", ".join(
         f"{g.name}: sizes {np.bincount(g.assignment).min()}-{np.bincount(g.assignment).max()}"

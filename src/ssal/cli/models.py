@@ -1,4 +1,5 @@
-"""``ssal models``: registered models with parameter counts, positions and the paper's numbers."""
+"""``ssal models``: registered models with parameter counts (PyTorch's and Keras' convention),
+positions, and the paper's and the authors' numbers."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--num-classes", type=int, default=100, help="classes (default 100)")
+    p.add_argument("--num-classes", type=int, help="classes (default: each model's paper setting)")
     p.add_argument(
         "--groups",
         type=int,
         nargs="+",
-        default=[20, 33, 50],
-        help="groups per branch (default 20 33 50)",
+        help="groups per branch (default: each model's paper setting, e.g. 20 33 50)",
     )
     p.set_defaults(func=run)
+
+
+def _millions(a: int | None, b: int | None) -> str:
+    return "" if a is None or b is None else f"{a / 1e6:.2f}M / {b / 1e6:.2f}M"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,17 +37,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title=f"ssal models ({args.num_classes} classes, groups {args.groups})")
-    for col in ("model", "baseline", "SSAL", "paper", "positions (module names)"):
-        table.add_column(col, justify="right" if col in ("baseline", "SSAL", "paper") else "left")
+    table = Table(
+        title="ssal models: parameters as PyTorch counts them (trainable) / as Keras does (+ batch "
+        "norm statistics, the paper's convention)"
+    )
+    for col in ("model", "built as", "baseline", "with SSAL", "paper", "authors' code", "classes"):
+        table.add_column(col, justify="left" if col in ("model", "built as") else "right")
     for r in rows:
         paper = r.get("paper_params_baseline")
+        authors = r.get("authors_params_baseline")
         table.add_row(
             r["name"],
-            f"{r['params_baseline'] / 1e6:.2f}M",
-            f"{r['params_ssal'] / 1e6:.2f}M",
+            r["reference"],
+            _millions(r["params_baseline"], r["params_baseline_keras"]),
+            _millions(r["params_ssal"], r["params_ssal_keras"]),
             f"{paper / 1e6:.1f}M / {r['paper_params_ssal'] / 1e6:.1f}M" if paper else "",
-            " ".join(r["positions"]),
+            f"{authors:,} / {r['authors_params_ssal']:,} ({r['authors_count']})" if authors else "",
+            f"{r['num_classes']}, groups {' '.join(map(str, r['groups']))}",
         )
     console().print(table)
     return 0
