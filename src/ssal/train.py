@@ -28,7 +28,7 @@ from ssal.grouping import Grouping, groupings_from_spec
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
-from ssal.recipe import parameter_groups, sgd, warmup_linear_decay
+from ssal.recipe import decay_by_kind, parameter_groups, sgd, warmup_linear_decay
 
 __all__ = [
     "COMPILE_MODES",
@@ -54,7 +54,12 @@ class SSALModule(L.LightningModule):
     ``channels_last`` default to on for CUDA devices and off elsewhere; ``compile_mode`` is
     ``torch.compile``'s ``mode``. ``weight_decay``/``branch_weight_decay`` are PyTorch
     ``weight_decay`` values (a Keras ``l2(wd)`` is ``2 * wd``) on conv and linear weights; norm
-    layers and biases get none unless ``decay_norm_and_bias``.
+    layers and biases get none unless ``decay_norm_and_bias``; ``weight_decay_by_kind`` sets
+    the value of any kind of parameter (``ssal.recipe.DECAY_KINDS``, e.g.
+    ``backbone.linear.bias``: the authors' runs decay classifier and branch dense layers
+    differently per model). The learning rate warms up over ``warmup_epochs`` and decays
+    linearly, stepped per ``schedule_interval``; ``schedule_first_epoch`` is the number the
+    schedule gives the first epoch (0, as Keras counts; 1, as the authors' PyTorch trainer).
     """
 
     def __init__(
@@ -78,8 +83,10 @@ class SSALModule(L.LightningModule):
         weight_decay: float = 5e-4,
         branch_weight_decay: float | None = None,
         decay_norm_and_bias: bool = False,
+        weight_decay_by_kind: dict[str, float] | None = None,
         warmup_epochs: int = 10,
         schedule_interval: Literal["epoch", "step"] = "epoch",
+        schedule_first_epoch: int = 0,
         bn_momentum: float | None = None,
         compile: bool | None = None,
         compile_mode: str | None = None,
@@ -88,6 +95,9 @@ class SSALModule(L.LightningModule):
         super().__init__()
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if schedule_first_epoch < 0:
+            raise ValueError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
+        decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
         self.save_hyperparameters()
         self.entry = get_entry(model)
         self.alpha = self.entry.alpha if alpha is None else float(alpha)
@@ -207,14 +217,20 @@ class SSALModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         groups = parameter_groups(
-            self.net, hp.weight_decay, hp.branch_weight_decay, hp.decay_norm_and_bias
+            self.net,
+            hp.weight_decay,
+            hp.branch_weight_decay,
+            hp.decay_norm_and_bias,
+            hp.weight_decay_by_kind,
         )
         optimizer = sgd(groups, hp.lr, hp.momentum, hp.nesterov, self.device.type == "cuda")
         total = max(1, self.trainer.max_epochs or 1)
         per_epoch = None
         if hp.schedule_interval == "step":
             per_epoch = self.trainer.estimated_stepping_batches / total
-        scheduler = warmup_linear_decay(optimizer, hp.warmup_epochs, total, per_epoch)
+        scheduler = warmup_linear_decay(
+            optimizer, hp.warmup_epochs, total, per_epoch, hp.schedule_first_epoch
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": hp.schedule_interval},
