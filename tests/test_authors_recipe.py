@@ -32,15 +32,6 @@ def config(run: str) -> dict:
     return yaml.safe_load((CONFIGS / dataset / "authors" / f"{name}.yaml").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Orthogonal initialisation (QR) crawls when two threads share two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def label_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("labels")

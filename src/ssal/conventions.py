@@ -86,12 +86,26 @@ def _he_normal(w: torch.Tensor) -> None:
         w.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2)).clamp_(-2 * std, 2 * std)
 
 
+def _orthogonal(w: torch.Tensor) -> None:
+    """A uniformly random (semi-)orthogonal matrix, as Keras' ``orthogonal`` and torch's
+    ``orthogonal_`` draw it: the Q factor (R's diagonal positive) of a Gaussian matrix, here by
+    Cholesky QR in float64 (LAPACK's Householder QR crawls when threads share busy cores; a
+    Gaussian matrix is well enough conditioned for one pass). Rows (outputs) are orthonormal
+    where there are fewer of them than inputs, columns otherwise."""
+    rows, cols = w.shape[0], w[0].numel()
+    a = torch.randn(max(rows, cols), min(rows, cols), dtype=torch.float64)
+    r = torch.linalg.cholesky(a.T @ a, upper=True)
+    q = torch.linalg.solve_triangular(r, a, upper=True, left=False)
+    with torch.no_grad():
+        w.copy_((q if rows >= cols else q.T).reshape(w.shape))
+
+
 INITIALIZERS: dict[str, Callable[[torch.Tensor], object] | None] = {
     "torch": None,  # PyTorch's default, as the layer was constructed
     "kaiming_fan_out": lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"),
     "he_normal": _he_normal,
     "glorot_uniform": nn.init.xavier_uniform_,
-    "orthogonal": nn.init.orthogonal_,
+    "orthogonal": _orthogonal,
 }
 """Weight initialisers by name; every one but ``torch`` sets biases to zero (as Keras does)."""
 
