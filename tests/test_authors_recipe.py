@@ -233,7 +233,14 @@ INIT = {
 }
 
 
-@pytest.mark.parametrize("run", [r for r in RUNS if r.endswith("ssal")])
+SSAL_RUNS = [
+    pytest.param(r, marks=pytest.mark.slow) if "densenet" in r else r  # 189 orthogonal layers
+    for r in RUNS
+    if r.endswith("ssal")
+]
+
+
+@pytest.mark.parametrize("run", SSAL_RUNS)
 def test_initialisers_per_layer_type(run, built):
     net = built(run).net
     model = "resnet50-imagenet" if run.startswith("imagenet") else run.split("/")[1][:-5]
