@@ -52,3 +52,10 @@ def write_tiny_config(
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def write_label_file(path: Path, assignment) -> Path:
+    """A grouping in the authors' text format: the group of class c on line c, written as
+    numpy.savetxt writes numbers (``1.400000000000000000e+01``)."""
+    path.write_text("".join(f"{float(g):.18e}\n" for g in assignment))
+    return path

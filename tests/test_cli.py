@@ -8,6 +8,7 @@ import pytest
 from ssal.backbones.registry import get_entry, list_models
 from ssal.cli import main
 from ssal.grouping import load_groupings
+from tests.conftest import write_label_file
 
 PAPER_PARAMS = {n: get_entry(n).paper_params for n in list_models() if get_entry(n).paper_params}
 
@@ -17,7 +18,7 @@ def test_models_json(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     for name, (base, _) in PAPER_PARAMS.items():
         r = rows[name]
-        assert abs(r["params_baseline"] / 1e6 - base) / base < 0.03
+        assert abs(r["params_baseline_keras"] / 1e6 - base) / base < 0.03
         assert r["params_ssal"] > r["params_baseline"]
         assert len(r["positions"]) == len(r["layouts"]) == 3
     assert rows["resnet50"]["paper_positions"] == [[1, -1], [2, -1], [3, -1]]
@@ -26,12 +27,47 @@ def test_models_json(capsys):
         rows["timm/NAME"]["family"]
         and rows["torchvision/NAME"]["example"] == "torchvision/resnet18"
     )
+    # both conventions: Keras adds batch norm's moving mean and variance (2 x 5,792 in the
+    # authors' WRN-28-10 backbone, 2 x 22,720 in their ResNet-50)
+    wrn, resnet = rows["wrn28-10"], rows["resnet50"]
+    assert (wrn["params_baseline"], wrn["params_baseline_keras"]) == (36_546_980, 36_564_932)
+    assert (resnet["params_baseline"], resnet["params_baseline_keras"]) == (23_727_204, 23_772_644)
+    assert resnet["params_ssal_keras"] == resnet["authors_params_ssal"] == 28_886_131
+    imagenet = rows["resnet50-imagenet"]  # at its own paper setting: 1000 classes, 200/334/500
+    assert imagenet["params_ssal"] == imagenet["authors_params_ssal"] == 37_453_730
+    assert imagenet["groups"] == [200, 334, 500] and imagenet["authors_count"] == "torch"
 
 
-def test_models_table(capsys):
+def test_models_table(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "densenet190-40" in out and "23.70M" in out
+    assert "densenet190-40" in out and "23.73M / 23.77M" in out and "23,772,644" in out
+    assert "preact-resnet50" in out and "authors' Keras code" in out
+
+
+def test_group_reads_the_authors_label_files(tmp_path, capsys):
+    files = [
+        write_label_file(tmp_path / f"cifar100_{g}_group_similar_v2.txt", np.arange(12) % g)
+        for g in (2, 3)
+    ]
+    (tmp_path / "names.txt").write_text("\n".join(f"class{i}" for i in range(12)))
+    out = tmp_path / "g.json"
+    args = ["group", "--labels", *map(str, files), "--out", str(out)]
+    assert main([*args, "--names", str(tmp_path / "names.txt")]) == 0
+    groupings, names = load_groupings(out, 12)
+    assert [(g.name, g.mode, g.num_groups) for g in groupings] == [
+        ("cifar100_2_group_similar_v2", "similar", 2),
+        ("cifar100_3_group_similar_v2", "similar", 3),
+    ]
+    assert groupings[1].assignment.tolist() == (np.arange(12) % 3).tolist()
+    assert names[11] == "class11"
+    write_label_file(files[1], np.arange(10) % 3)  # a file for another number of classes
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("10 group indices (one per class) but the data has 12 classes")
+    assert main([*args, "--groups", "2"]) == 2
+    assert "--groups does not apply to --labels" in capsys.readouterr().err
 
 
 def test_group_writes_file(tmp_path, capsys):
@@ -72,6 +108,7 @@ def test_group_writes_file(tmp_path, capsys):
         (["group", "--confusion", "BAD", "--groups", "2", "--out", "x.json"], "not a .npy"),
         (["group", "--confusion", "SQUARE", "--groups", "50", "--out", "x.json"], "between 1 and"),
         (["group", "--groups", "2", "--out", "x.json"], "one of the arguments"),
+        (["group", "--confusion", "SQUARE", "--out", "x.json"], "--groups is needed"),
         (["frobnicate"], "invalid choice"),
     ],
 )

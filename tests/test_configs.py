@@ -8,11 +8,12 @@ import yaml
 
 from ssal.cli import main
 from ssal.grouping import Grouping, save_groupings
+from tests.conftest import write_label_file, write_tiny_config
 from tests.test_data import write_cifar100
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# PAPER.md's recipe table; weight decays are Keras l2 values (PyTorch weight_decay = 2x).
+# docs/paper.md's recipe table; weight decays are Keras l2 values (PyTorch weight_decay = 2x).
 # SE-WRN-16-8 has no published recipe: it uses WRN-28-10's.
 PAPER = {
     "resnet50_baseline": dict(
@@ -184,3 +185,47 @@ def test_small_cnn_configs_hold_the_demos_recipe(path):
     model = load(path)["model"]
     for key, value in get_entry("small-cnn").recipe.items():
         assert model[key] == value, (path.name, key)
+
+
+@pytest.mark.slow
+def test_config_trains_with_the_authors_label_files(tmp_path, monkeypatch):
+    """``groupings:`` in a config takes the authors' text files, one grouping per branch."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    write_cifar100(tmp_path / "data", n_train=64, n_test=8)
+    files = [
+        str(write_label_file(tmp_path / f"cifar100_{g}_group_similar_v2.txt", np.arange(100) % g))
+        for g in (2, 3, 5)
+    ]
+    config = write_tiny_config(
+        tmp_path / "c.yaml",
+        tmp_path / "data",
+        trainer={"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1},
+        data={"batch_size": 16, "eval_batch_size": 8, "heldout": 0},
+        model={"groupings": files},
+    )
+    assert main(["fit", "--config", str(config)]) == 0
+    [ckpt] = (tmp_path / "runs").rglob("last.ckpt")
+    info = torch.load(ckpt, weights_only=True)["ssal"]
+    assert [g["name"] for g in info["groupings"]] == [Path(f).stem for f in files]
+    assert info["groupings"][2]["assignment"] == (np.arange(100) % 5).tolist()
+
+
+def test_no_file_refers_to_documents_outside_the_repository():
+    import subprocess
+
+    root = CONFIGS.parent
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    wrong = []
+    for name in tracked:
+        path = root / name
+        if path.suffix not in (".py", ".md", ".yaml", ".sh", ".toml", ".txt", ".cfg", ""):
+            continue
+        text = path.read_text(errors="ignore") if path.is_file() else ""
+        # spelled in pieces so that this file does not name them itself
+        needles = ("PAPER" + ".md", ".." + "/shared", "/wo" + "rk/")
+        wrong += [f"{name}: {s}" for s in needles if s in text]
+    assert not wrong

@@ -10,9 +10,12 @@ from ssal.grouping import (
     capacity_bound,
     cifar100_superclasses,
     group_classes,
+    groupings_from_spec,
     load_groupings,
+    read_label_file,
     save_groupings,
 )
+from tests.conftest import write_label_file
 
 
 def planted(blocks: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -164,3 +167,41 @@ def test_cifar100_superclasses():
     # the official coarse labels of the first fine classes (apple, aquarium_fish, baby, ...)
     assert g.assignment[:10].tolist() == [4, 1, 14, 8, 0, 6, 7, 7, 18, 3]
     assert CIFAR100_CLASSES[99] == "worm" and g.assignment[CIFAR100_CLASSES.index("tank")] == 19
+
+
+def test_authors_label_file(tmp_path):
+    a = np.arange(12) % 5
+    path = write_label_file(tmp_path / "cifar100_5_group_similar_v2.txt", a)
+    assert path.read_text().splitlines()[1] == "1.000000000000000000e+00"
+    g = read_label_file(path, num_classes=12)
+    assert g.assignment.tolist() == a.tolist() and g.num_groups == 5
+    assert (g.name, g.mode) == ("cifar100_5_group_similar_v2", "similar")
+    split = read_label_file(write_label_file(tmp_path / "x_3_split_similar.txt", a % 3))
+    assert split.mode == "split"
+    # a config's groupings: one file, or a list (one grouping per branch), JSON or text
+    json_file = save_groupings(tmp_path / "g.json", [Grouping(a % 2)])
+    found = groupings_from_spec([str(json_file), str(path)], 12)
+    assert [x.num_groups for x in found] == [2, 5]
+    assert groupings_from_spec(str(path), 12)[0].assignment.tolist() == a.tolist()
+
+
+@pytest.mark.parametrize(
+    "text,classes,match",
+    [
+        ("0\n1.5\n", None, r"line 2: '1.5' is not a group index"),
+        ("0\n-1\n", None, r"line 2: '-1' is not a group index"),
+        ("0\nfish\n", None, r"line 2: 'fish' is not a number"),
+        ("0 1\n", None, "holds more than one value"),
+        ("0\nnan\n", None, "is not a group index"),
+        ("\n\n", None, "holds no group indices"),
+        ("0\n1\n2\n", 4, "3 group indices \\(one per class\\) but the data has 4 classes"),
+        ("0\n2\n2\n", None, r"groups \[1\] are empty"),
+    ],
+)
+def test_authors_label_file_errors(tmp_path, text, classes, match):
+    path = tmp_path / "labels.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_label_file(path, classes)
+    with pytest.raises(FileNotFoundError, match="groupings file not found"):
+        read_label_file(tmp_path / "missing.txt")

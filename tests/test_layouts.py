@@ -59,11 +59,43 @@ def test_inception_block_by_hand():
     assert n_params(branch[0]) == expected
 
 
-def test_imagenet_blocks_channels():
+def test_imagenet_blocks_channels_and_unpadded_reduction():
     b = build_branch("inception_c inception_d inception_e inception_d inception_e(2)", 256, 7)
     x = torch.randn(1, 256, 28, 28)
     feats = b[:-2](x)
-    assert feats.shape == (1, 1496, 7, 7)
+    assert feats.shape == (1, 1496, 6, 6)  # D: 28 -> (28 - 3) // 2 + 1 = 13 -> 6
+    d = b[1]
+    strided = [m for m in d.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 2 and all(m.padding == (0, 0) for m in strided)
+    assert [m.padding for m in d.modules() if isinstance(m, nn.MaxPool2d)] == [0]
+    pools = [m for m in b.modules() if isinstance(m, nn.AvgPool2d)]
+    assert len(pools) == 3 and all(p.count_include_pad for p in pools)  # C and both E blocks
+
+
+def test_average_pools_count_the_padding_only_in_the_imagenet_blocks():
+    # a 3x3 average at the corner of a map of ones: 4/9 counting the zero padding, 1 without
+    ones = torch.ones(1, 1, 4, 4)
+    c = build_branch("inception_c(0.0625)", 1, 2)[0]
+    cifar = build_branch("inception", 1, 2)[0]
+    assert c.paths[3][0](ones)[0, 0, 0, 0].item() == pytest.approx(4 / 9)
+    assert cifar.paths[3][0](ones)[0, 0, 0, 0].item() == 1.0
+
+
+def test_styles_make_the_layers():
+    keras = build_branch("keras: cbr(16,3) gap dense(8)", 4, 3)
+    conv, bn = keras[0][0], keras[0][1]
+    assert conv.bias is not None and torch.all(conv.bias == 0)
+    assert (bn.eps, bn.momentum) == (1e-3, 0.01)
+    assert torch.all(keras[2][0].bias == 0) and torch.all(keras[3].bias == 0)
+    limit = (6 / (16 + 8)) ** 0.5  # glorot_uniform on the dense layer
+    assert keras[2][0].weight.abs().max() <= limit
+    torch_style = build_branch("cbr(16,3)", 4, 3)
+    assert torch_style[0][0].bias is None and torch_style[0][1].eps == 1e-5
+    v3 = build_branch("inception-v3: cbr(256,3,2,0)", 256, 3)
+    assert v3[0][0].padding == (0, 0) and v3[0][0].bias is None and v3[0][1].eps == 1e-3
+    assert v3[0](torch.zeros(1, 256, 56, 56)).shape[-1] == 27
+    assert parse_layout("keras: cbr(128,5,2) gap") == [Block("cbr", (128, 5, 2)), Block("gap")]
+    assert build_branch("cbr(8,3)", 4, 3, style="keras")[0][0].bias is not None
 
 
 def test_gap_added_and_dense_after_gap():
@@ -77,7 +109,7 @@ def test_gap_added_and_dense_after_gap():
     "layout,match",
     [
         ("conv(3)", "unknown block 'conv'"),
-        ("cbr(1,2,3,4)", "takes 0 to 3 arguments"),
+        ("cbr(1,2,3,4,5)", "takes 0 to 4 arguments"),
         ("cbr(x)", "not a number"),
         ("cbr(1.5)", "must be an integer"),
         ("cbr(0)", "must be positive"),
@@ -86,6 +118,9 @@ def test_gap_added_and_dense_after_gap():
         ("gap cbr", "comes after gap"),
         ("cbr((", "cannot read"),
         ("dropout(1.5)", r"\[0, 1\)"),
+        ("cbr(8,3,1,-1)", "must be positive"),
+        ("cbr(8,0)", "must be positive"),
+        ("tf: cbr", "unknown style 'tf'"),
     ],
 )
 def test_layout_errors(layout, match):

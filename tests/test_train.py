@@ -54,6 +54,21 @@ def test_optimizer_groups_weight_decay(tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.02 / 10)  # first warm-up epoch
 
 
+def test_weight_decay_by_kind(tmp_path):
+    from ssal.recipe import DECAY_KINDS, parameter_groups
+
+    net = ssal.create_model("tiny-wrn", 10, [np.arange(10) % 2])
+    groups = parameter_groups(net, 1e-3, 5e-4, by_kind={"backbone.linear.bias": 2e-3})
+    wd = {g["name"]: g["weight_decay"] for g in groups}
+    assert set(wd) <= set(DECAY_KINDS) and wd["backbone.linear.bias"] == 2e-3
+    assert wd["backbone.conv.weight"] == 1e-3 and wd["branches.conv.weight"] == 5e-4
+    assert wd["branches.linear.weight"] == 5e-4 and wd["backbone.norm.weight"] == 0.0
+    [fc_bias] = [g for g in groups if g["name"] == "backbone.linear.bias"]
+    assert fc_bias["params"][0] is net.backbone.fc.bias
+    with pytest.raises(ValueError, match=r"unknown weight decay kinds \['backbone.fc.weight'\]"):
+        SSALModule("tiny-wrn", 10, weight_decay_by_kind={"backbone.fc.weight": 0.0})
+
+
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     write_cifar100(tmp_path / "data", n_train=300, n_test=100)

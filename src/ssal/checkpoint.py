@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ssal.backbones.registry import create_model
+from ssal.backbones.registry import LEGACY_NAMES, create_model
 from ssal.data.transforms import eval_resize
 from ssal.files import write_json
 from ssal.grouping import Grouping
@@ -40,8 +40,10 @@ __all__ = [
 
 CHECKPOINT_KEY = "ssal"
 EXPORT_WEIGHTS, EXPORT_INFO, EXPORT_ONNX = "model.safetensors", "ssal.json", "model.onnx"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
+# version 3: the paper's model names build the authors' networks (LEGACY_NAMES: what they
+# built before)
 
 
 def describe_model(
@@ -162,7 +164,8 @@ def load_checkpoint(
 ) -> tuple[SSALModel, dict[str, Any]]:
     """Rebuild the trained ``SSALModel`` from a checkpoint or an ``ssal export`` folder.
 
-    Returns the model (eval mode) and its description: model name, ``groupings`` (as
+    Returns the model (eval mode) and its description: model name (for checkpoints of schema 2
+    and older, the name that builds what their name built then), ``groupings`` (as
     ``Grouping``), alpha, class names, ``preprocessing`` and data settings, epoch and step.
     """
     path = Path(path)
@@ -174,6 +177,8 @@ def load_checkpoint(
         info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
     info = dict(info)
     try:
+        if int(info.get("schema", 1)) < 3:
+            info["model"] = LEGACY_NAMES.get(info["model"], info["model"])
         groupings = groupings_of(info)
         model = create_model(
             info["model"],

@@ -3,7 +3,9 @@
 A grouping is an int array ``g`` of length C with ``g[c]`` in ``0..G-1`` and no empty group.
 ``group_classes`` runs the paper's greedy algorithm on a confusion matrix; ``Grouping`` holds
 one grouping with its name and mode; ``save_groupings``/``load_groupings`` read and write the
-plain JSON file that carries them between runs.
+plain JSON file that carries them between runs; ``read_label_file`` reads one grouping in the
+authors' text format (their published groupings); ``groupings_from_spec`` is what a config's
+``groupings:`` names.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
     "group_classes",
     "groupings_from_spec",
     "load_groupings",
+    "read_groupings_file",
+    "read_label_file",
     "save_groupings",
 ]
 
@@ -315,10 +319,72 @@ def cifar100_superclasses() -> Grouping:
 BUILTIN_HIERARCHIES = {"cifar100-superclasses": cifar100_superclasses}
 
 
-def groupings_from_spec(spec: str | None, num_classes: int) -> list[Grouping] | None:
+def read_label_file(path: str | Path, num_classes: int | None = None) -> Grouping:
+    """One grouping in the authors' text format: line ``c`` holds the group of class ``c``,
+    written as a number (``numpy.savetxt`` writes ``1.400000000000000000e+01`` for 14).
+
+    Checks that every value is a whole group index >= 0, that there is one per class
+    (``num_classes`` when given) and that no group is empty; ``ValueError`` (one line, naming
+    the file) otherwise. The grouping is named after the file; its mode is ``similar`` or
+    ``split`` when the name says ``group_similar`` or ``split_similar``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"groupings file not found: {path}")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file of group indices") from None
+    values = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {i}"
+        if len(line.split()) != 1:
+            raise ValueError(f"{where}: {line.strip()!r} holds more than one value")
+        try:
+            v = float(line)
+        except ValueError:
+            raise ValueError(f"{where}: {line.strip()!r} is not a number") from None
+        if not math.isfinite(v) or v != int(v) or v < 0:
+            raise ValueError(f"{where}: {line.strip()!r} is not a group index (0, 1, 2, ...)")
+        values.append(int(v))
+    if not values:
+        raise ValueError(f"{path}: holds no group indices")
+    if num_classes is not None and len(values) != num_classes:
+        raise ValueError(
+            f"{path}: {len(values)} group indices (one per class) but the data has "
+            f"{num_classes} classes"
+        )
+    a = check_assignment(np.asarray(values, dtype=np.int64), what=str(path))
+    name = path.stem
+    mode = "similar" if "group_similar" in name else "split" if "split_similar" in name else "given"
+    return Grouping(a, name=name, mode=mode)
+
+
+def read_groupings_file(path: str | Path, num_classes: int | None = None) -> list[Grouping]:
+    """The groupings in a file: an ssal JSON groupings file (all of its groupings) or one
+    grouping in the authors' text format (``read_label_file``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"groupings file not found: {path}")
+    with path.open("rb") as f:
+        start = f.read(64).lstrip()
+    if start.startswith(b"{"):
+        return load_groupings(path, num_classes=num_classes)[0]
+    return [read_label_file(path, num_classes)]
+
+
+def groupings_from_spec(
+    spec: str | Sequence[str] | None, num_classes: int
+) -> list[Grouping] | None:
     """What a config's ``groupings:`` names: ``None``/``"none"`` (a baseline), a built-in
-    hierarchy (``cifar100-superclasses``) or a groupings file. ``"auto"`` (derived from a probe
-    during training) is resolved by the training layer, not here."""
+    hierarchy (``cifar100-superclasses``), a groupings file (ssal JSON, or the authors' text
+    format: one grouping), or a list of them (their groupings in order, one per branch).
+    ``"auto"`` (derived from a probe during training) is resolved by the training layer."""
+    if spec is not None and not isinstance(spec, str):
+        found = [g for item in spec for g in groupings_from_spec(item, num_classes) or []]
+        return found or None
     if spec is None or spec.lower() in ("none", "baseline", ""):
         return None
     if spec in BUILTIN_HIERARCHIES:
@@ -330,8 +396,7 @@ def groupings_from_spec(spec: str | None, num_classes: int) -> list[Grouping] | 
         raise ValueError(
             "groupings 'auto' are derived during training (ssal.callbacks.AutoGroupings)"
         )
-    groupings, _ = load_groupings(spec, num_classes=num_classes)
-    return groupings
+    return read_groupings_file(spec, num_classes)
 
 
 def capacity_bound(num_classes: int, num_groups: int, size_margin: float) -> int:

@@ -1,12 +1,27 @@
 """The branch layout language: ``"cbr(128,5,2) cbr(128,3) inception gap"`` -> ``nn.Module``.
 
+A layout may start with the name of a style and a colon (``"keras: cbr(128,5,2) ..."``): the
+conventions its layers are made with (``ssal.conventions.Style``). Styles:
+
+- ``torch`` (the default): PyTorch's defaults; convolutions without bias (batch norm follows),
+  "same" padding of ``k // 2`` on every side.
+- ``keras``: the layers of the authors' Keras branches (CIFAR): convolutions with biases,
+  ``he_normal`` (truncated) initialisation and Keras' "same" padding, dense and output layers
+  ``glorot_uniform``, biases zero, batch norm epsilon 1e-3 and momentum 0.01 (Keras' 0.99).
+- ``inception-v3``: torchvision's Inception-v3 convention the authors' ImageNet branches use:
+  convolutions without bias, batch norm epsilon 1e-3, PyTorch's initialisation.
+
 Blocks (arguments in brackets, defaults after ``=``):
 
-- ``cbr(f=256, k=3, s=1)``: conv f filters k x k stride s, "same" padding, batch norm, ReLU.
-- ``inception``: the paper's CIFAR branch block, four paths concatenated to 748 channels.
-- ``inception_c(w=0.5)``, ``inception_d(w=0.5)``, ``inception_e(w=1)``: the reduced
-  Inception-v3 blocks of type C, D (grid reduction) and E of the authors' ImageNet branches,
-  every width scaled by ``w`` (256, 256 and 748 channels out at the defaults).
+- ``cbr(f=256, k=3, s=1, p)``: conv f filters k x k stride s, batch norm, ReLU; padding p on
+  every side, or "same" when p is left out.
+- ``inception``: the paper's CIFAR branch block, four paths concatenated to 748 channels (its
+  3x3 average pool, as Keras', leaves the padding out of the average).
+- ``inception_c(w=0.5)``, ``inception_d(w=0.5)``, ``inception_e(w=1)``: the authors' reduced
+  Inception-v3 blocks of type C, D (grid reduction) and E of their ImageNet branches, every
+  width scaled by ``w`` (256, 256 and 748 channels out at the defaults). As theirs: D's
+  stride-2 convolutions and max pool are unpadded (an n-pixel map becomes ``(n - 3) // 2 + 1``),
+  C's and E's 3x3 average pools count the zero padding.
 - ``gap``: global average pool to a vector.
 - ``dense(n)``: fully connected n units + ReLU (needs ``gap`` before it).
 - ``dropout(p)``: dropout with probability p.
@@ -25,7 +40,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Block", "build_branch", "parse_layout", "BLOCKS"]
+from ssal.conventions import KERAS_NORM, Norm, Style
+
+__all__ = ["BLOCKS", "STYLES", "Block", "BlockKind", "build_branch", "parse_layout", "split_style"]
+
+STYLES: dict[str, Style] = {
+    "torch": Style(),
+    "keras": Style(
+        norm=KERAS_NORM,
+        conv_bias=True,
+        same="tf",
+        conv_init="he_normal",
+        linear_init="glorot_uniform",
+    ),
+    "inception-v3": Style(norm=Norm(eps=1e-3)),
+}
+TORCH = STYLES["torch"]
 
 
 @dataclass(frozen=True)
@@ -41,14 +71,17 @@ class Block:
         return f"{self.name}({','.join(f'{a:g}' for a in self.args)})"
 
 
-def cbr(c_in: int, c_out: int, kernel: int | tuple[int, int], stride: int = 1) -> nn.Sequential:
-    """Conv ("same" padding, no bias: batch norm follows) + batch norm + ReLU."""
-    k = (kernel, kernel) if isinstance(kernel, int) else kernel
-    pad = (k[0] // 2, k[1] // 2)
+def cbr(
+    c_in: int,
+    c_out: int,
+    kernel: int | tuple[int, int],
+    stride: int = 1,
+    padding: int | None = None,
+    style: Style = TORCH,
+) -> nn.Sequential:
+    """Conv (``padding=None``: "same") + batch norm + ReLU, made in ``style``."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
+        style.conv(c_in, c_out, kernel, stride, padding), style.norm(c_out), nn.ReLU(inplace=True)
     )
 
 
@@ -75,152 +108,212 @@ class _Then(nn.Module):
         return self.split(self.stem(x))
 
 
-def _asym(c_in: int, c: int) -> tuple[nn.Module, nn.Module]:
+def _asym(style: Style, c_in: int, c: int) -> tuple[nn.Module, nn.Module]:
     """The two parallel paths 1x3 and 3x1, each c channels."""
-    return cbr(c_in, c, (1, 3)), cbr(c_in, c, (3, 1))
+    return cbr(c_in, c, (1, 3), style=style), cbr(c_in, c, (3, 1), style=style)
 
 
-def inception_cifar(c_in: int) -> tuple[nn.Module, int]:
+def inception_cifar(style: Style, c_in: int) -> tuple[nn.Module, int]:
     """The paper's CIFAR branch block: 128 + 256 + 256 + 108 = 748 channels out."""
     block = _Concat(
-        cbr(c_in, 128, 1),
-        _Then(cbr(c_in, 128, 1), *_asym(128, 128)),
-        _Then(nn.Sequential(cbr(c_in, 160, 1), cbr(160, 128, 1)), *_asym(128, 128)),
+        cbr(c_in, 128, 1, style=style),
+        _Then(cbr(c_in, 128, 1, style=style), *_asym(style, 128, 128)),
+        _Then(
+            nn.Sequential(cbr(c_in, 160, 1, style=style), cbr(160, 128, 1, style=style)),
+            *_asym(style, 128, 128),
+        ),
         nn.Sequential(
-            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), cbr(c_in, 108, (3, 1))
+            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+            cbr(c_in, 108, (3, 1), style=style),
         ),
     )
     return block, 748
 
 
 def _w(width: float, channels: int) -> int:
-    return max(1, int(round(width * channels)))
+    return max(1, int(width * channels))
 
 
-def inception_c(c_in: int, width: float = 0.5) -> tuple[nn.Module, int]:
-    """Reduced Inception-v3 type C (factorised 7x7) of the authors' ImageNet branches.
+def inception_c(style: Style, c_in: int, width: float = 0.5) -> tuple[nn.Module, int]:
+    """The authors' reduced Inception-v3 type C (factorised 7x7) of their ImageNet branches.
 
     Widths 128/160 scaled by ``width``; ``4 * 128 * width`` channels out (256 at 0.5).
     """
     c128, c160 = _w(width, 128), _w(width, 160)
+
+    def conv(a: int, b: int, k: int | tuple[int, int]) -> nn.Sequential:
+        return cbr(a, b, k, style=style)
+
     block = _Concat(
-        cbr(c_in, c128, 1),
-        nn.Sequential(cbr(c_in, c160, 1), cbr(c160, c160, (1, 7)), cbr(c160, c128, (7, 1))),
+        conv(c_in, c128, 1),
+        nn.Sequential(conv(c_in, c160, 1), conv(c160, c160, (1, 7)), conv(c160, c128, (7, 1))),
         nn.Sequential(
-            cbr(c_in, c160, 1),
-            cbr(c160, c160, (7, 1)),
-            cbr(c160, c160, (1, 7)),
-            cbr(c160, c160, (7, 1)),
-            cbr(c160, c128, (1, 7)),
+            conv(c_in, c160, 1),
+            conv(c160, c160, (7, 1)),
+            conv(c160, c160, (1, 7)),
+            conv(c160, c160, (7, 1)),
+            conv(c160, c128, (1, 7)),
         ),
-        nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), cbr(c_in, c128, 1)),
+        nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=True), conv(c_in, c128, 1)),
     )
     return block, 4 * c128
 
 
-def inception_d(c_in: int, width: float = 0.5) -> tuple[nn.Module, int]:
-    """Reduced Inception-v3 type D: halves the resolution; 512 * ``width`` channels out."""
+def inception_d(style: Style, c_in: int, width: float = 0.5) -> tuple[nn.Module, int]:
+    """The authors' reduced Inception-v3 type D: an n-pixel map becomes ``(n - 3) // 2 + 1``
+    (unpadded stride-2 convolutions and max pool); ``512 * width`` channels out."""
     c192, c216, c168, c128 = (_w(width, n) for n in (192, 216, 168, 128))
     block = _Concat(
-        nn.Sequential(cbr(c_in, c192, 1), cbr(c192, c216, 3, stride=2)),
+        nn.Sequential(cbr(c_in, c192, 1, style=style), cbr(c192, c216, 3, 2, 0, style)),
         nn.Sequential(
-            cbr(c_in, c192, 1),
-            cbr(c192, c192, (1, 7)),
-            cbr(c192, c192, (7, 1)),
-            cbr(c192, c168, 3, stride=2),
+            cbr(c_in, c192, 1, style=style),
+            cbr(c192, c192, (1, 7), style=style),
+            cbr(c192, c192, (7, 1), style=style),
+            cbr(c192, c168, 3, 2, 0, style),
         ),
-        nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), cbr(c_in, c128, 1)),
+        nn.Sequential(nn.MaxPool2d(3, stride=2), cbr(c_in, c128, 1, style=style)),
     )
     return block, c216 + c168 + c128
 
 
-def inception_e(c_in: int, width: float = 1.0) -> tuple[nn.Module, int]:
-    """Reduced Inception-v3 type E (expanded filter bank); 748 * ``width`` channels out."""
+def inception_e(style: Style, c_in: int, width: float = 1.0) -> tuple[nn.Module, int]:
+    """The authors' reduced Inception-v3 type E (expanded filter bank); 748 * ``width`` out."""
     c128, c160, c108 = (_w(width, n) for n in (128, 160, 108))
     block = _Concat(
-        cbr(c_in, c128, 1),
-        _Then(cbr(c_in, c128, 1), *_asym(c128, c128)),
-        _Then(nn.Sequential(cbr(c_in, c160, 1), cbr(c160, c128, 3)), *_asym(c128, c128)),
-        nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), cbr(c_in, c108, 1)),
+        cbr(c_in, c128, 1, style=style),
+        _Then(cbr(c_in, c128, 1, style=style), *_asym(style, c128, c128)),
+        _Then(
+            nn.Sequential(cbr(c_in, c160, 1, style=style), cbr(c160, c128, 3, style=style)),
+            *_asym(style, c128, c128),
+        ),
+        nn.Sequential(
+            nn.AvgPool2d(3, 1, 1, count_include_pad=True), cbr(c_in, c108, 1, style=style)
+        ),
     )
     return block, 5 * c128 + c108
 
 
-def _cbr_block(c_in: int, f: float = 256, k: float = 3, s: float = 1) -> tuple[nn.Module, int]:
-    return cbr(c_in, int(f), int(k), int(s)), int(f)
+def _cbr_block(
+    style: Style, c_in: int, f: float = 256, k: float = 3, s: float = 1, p: float | None = None
+) -> tuple[nn.Module, int]:
+    return cbr(c_in, int(f), int(k), int(s), None if p is None else int(p), style), int(f)
 
 
-def _gap(c_in: int) -> tuple[nn.Module, int]:
+def _gap(style: Style, c_in: int) -> tuple[nn.Module, int]:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), c_in
 
 
-def _dense(c_in: int, n: float) -> tuple[nn.Module, int]:
+def _dense(style: Style, c_in: int, n: float) -> tuple[nn.Module, int]:
     return nn.Sequential(nn.Linear(c_in, int(n)), nn.ReLU(inplace=True)), int(n)
 
 
-def _dropout(c_in: int, p: float) -> tuple[nn.Module, int]:
+def _dropout(style: Style, c_in: int, p: float) -> tuple[nn.Module, int]:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p:g}")
     return nn.Dropout(p), c_in
 
 
-# name -> (builder(c_in, *args) -> (module, c_out), integer argument positions, min args, max
-# args, whether the block needs a spatial (N, C, H, W) input)
-BLOCKS: dict[str, tuple[Callable[..., tuple[nn.Module, int]], tuple[int, ...], int, int, bool]] = {
-    "cbr": (_cbr_block, (0, 1, 2), 0, 3, True),
-    "inception": (inception_cifar, (), 0, 0, True),
-    "inception_c": (inception_c, (), 0, 1, True),
-    "inception_d": (inception_d, (), 0, 1, True),
-    "inception_e": (inception_e, (), 0, 1, True),
-    "gap": (_gap, (), 0, 0, True),
-    "dense": (_dense, (0,), 1, 1, False),
-    "dropout": (_dropout, (), 1, 1, False),
+@dataclass(frozen=True)
+class BlockKind:
+    """What a block name builds: ``build(style, c_in, *args) -> (module, c_out)``; how many
+    arguments it takes, which must be whole numbers (``ints``) and which may be 0
+    (``zero_ok``; the others must be positive); whether it needs an (N, C, H, W) input."""
+
+    build: Callable[..., tuple[nn.Module, int]]
+    min_args: int = 0
+    max_args: int = 0
+    ints: tuple[int, ...] = ()
+    zero_ok: tuple[int, ...] = ()
+    spatial: bool = True
+
+
+BLOCKS: dict[str, BlockKind] = {
+    "cbr": BlockKind(_cbr_block, 0, 4, ints=(0, 1, 2, 3), zero_ok=(3,)),
+    "inception": BlockKind(inception_cifar),
+    "inception_c": BlockKind(inception_c, 0, 1),
+    "inception_d": BlockKind(inception_d, 0, 1),
+    "inception_e": BlockKind(inception_e, 0, 1),
+    "gap": BlockKind(_gap),
+    "dense": BlockKind(_dense, 1, 1, ints=(0,), spatial=False),
+    "dropout": BlockKind(_dropout, 1, 1, zero_ok=(0,), spatial=False),
 }
+
+_STYLE = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\s*:(.*)\Z", re.DOTALL)
+
+
+def split_style(text: str) -> tuple[str, str]:
+    """``"keras: cbr gap"`` -> ``("keras", " cbr gap")``; a layout without a style prefix is
+    ``torch``. Unknown styles raise ``ValueError``."""
+    m = _STYLE.match(text)
+    if not m:
+        return "torch", text
+    if m.group(1) not in STYLES:
+        raise ValueError(
+            f"layout {text!r}: unknown style {m.group(1)!r}; known: {', '.join(STYLES)}"
+        )
+    return m.group(1), m.group(2)
+
 
 _TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^()]*)\))?\s*")
 
 
+def _parse_args(text: str, name: str, raw: str | None) -> tuple[float, ...]:
+    """The numeric arguments of one block, checked against its ``BlockKind``."""
+    kind = BLOCKS[name]
+    args: list[float] = []
+    for part in [p.strip() for p in raw.split(",")] if raw and raw.strip() else []:
+        try:
+            args.append(float(part))
+        except ValueError:
+            raise ValueError(f"layout {text!r}: {name} argument {part!r} is not a number") from None
+    if not kind.min_args <= len(args) <= kind.max_args:
+        raise ValueError(
+            f"layout {text!r}: {name} takes {kind.min_args} to {kind.max_args} arguments, "
+            f"got {len(args)}"
+        )
+    for i, a in enumerate(args):
+        if a < 0 or (a == 0 and i not in kind.zero_ok):
+            raise ValueError(f"layout {text!r}: {name} arguments must be positive, got {a:g}")
+        if i in kind.ints and a != int(a):
+            raise ValueError(f"layout {text!r}: {name} argument {a:g} must be an integer")
+    return tuple(args)
+
+
 def parse_layout(text: str | Sequence[str]) -> list[Block]:
-    """Parse a layout string into blocks; unknown blocks or bad arguments raise ``ValueError``."""
+    """Parse a layout string (a style prefix is checked and left out) into blocks; unknown
+    blocks, styles or bad arguments raise ``ValueError``."""
     if not isinstance(text, str):
         text = " ".join(text)
+    _, body = split_style(text)
     blocks, pos = [], 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
+    while pos < len(body):
+        m = _TOKEN.match(body, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"layout {text!r}: cannot read from position {pos}: {text[pos:]!r}")
+            raise ValueError(f"layout {text!r}: cannot read from position {pos}: {body[pos:]!r}")
         name, raw = m.group(1), m.group(2)
         pos = m.end()
         if name not in BLOCKS:
             raise ValueError(f"layout {text!r}: unknown block {name!r}; known: {', '.join(BLOCKS)}")
-        _, ints, lo, hi, _ = BLOCKS[name]
-        args: list[float] = []
-        for part in [p.strip() for p in raw.split(",")] if raw and raw.strip() else []:
-            try:
-                args.append(float(part))
-            except ValueError:
-                raise ValueError(
-                    f"layout {text!r}: {name} argument {part!r} is not a number"
-                ) from None
-        if not lo <= len(args) <= hi:
-            raise ValueError(
-                f"layout {text!r}: {name} takes {lo} to {hi} arguments, got {len(args)}"
-            )
-        for i, a in enumerate(args):
-            if a <= 0 and name != "dropout":
-                raise ValueError(f"layout {text!r}: {name} arguments must be positive, got {a:g}")
-            if i in ints and a != int(a):
-                raise ValueError(f"layout {text!r}: {name} argument {a:g} must be an integer")
-        blocks.append(Block(name, tuple(args)))
+        blocks.append(Block(name, _parse_args(text, name, raw)))
     return blocks
 
 
-def build_branch(layout: str | Sequence[Block], in_channels: int, num_groups: int) -> nn.Sequential:
-    """Build a branch: the layout's blocks, a ``gap`` if still spatial, a linear to the groups.
+def build_branch(
+    layout: str | Sequence[Block],
+    in_channels: int,
+    num_groups: int,
+    style: str | Style | None = None,
+) -> nn.Sequential:
+    """Build a branch: the layout's blocks, a ``gap`` if still spatial, a linear to the groups,
+    all made in ``style`` (default: the layout's style prefix, else ``torch``).
 
     Input ``(N, in_channels, H, W)``; output logits ``(N, num_groups)``.
     """
+    name = split_style(layout)[0] if isinstance(layout, str) else "torch"
     blocks = parse_layout(layout) if isinstance(layout, str) else list(layout)
+    if isinstance(style, str) and style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    style = STYLES[style] if isinstance(style, str) else style or STYLES[name]
     if in_channels < 1 or num_groups < 1:
         raise ValueError(
             f"branch needs positive channels and groups, got {in_channels}, {num_groups}"
@@ -228,16 +321,15 @@ def build_branch(layout: str | Sequence[Block], in_channels: int, num_groups: in
     layers: list[nn.Module] = []
     c, spatial = in_channels, True
     for block in blocks:
-        builder, _, _, _, needs_spatial = BLOCKS[block.name]
-        if needs_spatial and not spatial:
+        if BLOCKS[block.name].spatial and not spatial:
             raise ValueError(f"block {block} needs a feature map, but it comes after gap")
         if block.name == "dense" and spatial:
             raise ValueError(f"block {block} needs a vector: put gap before it")
-        module, c = builder(c, *block.args)
+        module, c = BLOCKS[block.name].build(style, c, *block.args)
         layers.append(module)
         spatial = spatial and block.name != "gap"
     if spatial:
-        module, c = _gap(c)
+        module, c = _gap(style, c)
         layers.append(module)
     layers.append(nn.Linear(c, num_groups))
-    return nn.Sequential(*layers)
+    return style.initialize(nn.Sequential(*layers))

@@ -28,7 +28,7 @@ from ssal.grouping import Grouping, groupings_from_spec
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
-from ssal.recipe import parameter_groups, sgd, warmup_linear_decay
+from ssal.recipe import decay_by_kind, parameter_groups, sgd, warmup_linear_decay
 
 __all__ = [
     "COMPILE_MODES",
@@ -45,17 +45,25 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 class SSALModule(L.LightningModule):
     """Trains a registered model as a baseline (``groupings=None``) or with SSAL branches.
 
-    ``groupings``: a groupings file, a built-in hierarchy (``cifar100-superclasses``),
-    ``auto`` (a short baseline probe is trained first and its held-out confusion grouped into
-    ``auto_groups``, see ``ssal.callbacks.AutoGroupings``) or ``None``. With fewer groupings
+    ``groupings``: a groupings file (ssal JSON, or one grouping in the authors' text format), a
+    list of such files (the authors' three, one per branch), a built-in hierarchy
+    (``cifar100-superclasses``), ``auto`` (a short baseline probe is trained first and its
+    held-out confusion grouped into ``auto_groups``, see ``ssal.callbacks.AutoGroupings``) or
+    ``None``. With fewer groupings
     than the model has branch positions, the deepest positions are used. ``compile`` and
     ``channels_last`` default to on for CUDA devices and off elsewhere; ``compile_mode`` is
     ``torch.compile``'s ``mode``. ``weight_decay``/``branch_weight_decay`` are PyTorch
     ``weight_decay`` values (a Keras ``l2(wd)`` is ``2 * wd``) on conv and linear weights; norm
-    layers and biases get none unless ``decay_norm_and_bias``. ``pretrained``: ``True`` for
-    the backbone's published weights (timm and torchvision backbones), or a state dict or
-    safetensors file; the branches start fresh. ``backbone_lr_factor`` scales the backbone's
-    learning rate against the branches' (fine-tuning: e.g. 0.1).
+    layers and biases get none unless ``decay_norm_and_bias``; ``weight_decay_by_kind`` sets
+    the value of any kind of parameter (``ssal.recipe.DECAY_KINDS``, e.g.
+    ``backbone.linear.bias``: the authors' runs decay classifier and branch dense layers
+    differently per model). The learning rate warms up over ``warmup_epochs`` and decays
+    linearly, stepped per ``schedule_interval``; ``schedule_first_epoch`` is the number the
+    schedule gives the first epoch (0, as Keras counts; 1, as the authors' PyTorch trainer).
+    ``pretrained``: ``True`` for the backbone's published weights (timm and torchvision
+    backbones), or a state dict or safetensors file; the branches start fresh.
+    ``backbone_lr_factor`` scales the backbone's learning rate against the branches'
+    (fine-tuning: e.g. 0.1).
     """
 
     def __init__(
@@ -63,7 +71,7 @@ class SSALModule(L.LightningModule):
         model: str = "small-cnn",
         num_classes: int = 10,
         in_channels: int | None = None,
-        groupings: str | None = None,
+        groupings: str | list[str] | None = None,
         auto_groups: list[int] | None = None,
         auto_mode: Literal["similar", "split"] = "similar",
         probe_epochs: int = 5,
@@ -79,8 +87,10 @@ class SSALModule(L.LightningModule):
         weight_decay: float = 5e-4,
         branch_weight_decay: float | None = None,
         decay_norm_and_bias: bool = False,
+        weight_decay_by_kind: dict[str, float] | None = None,
         warmup_epochs: int = 10,
         schedule_interval: Literal["epoch", "step"] = "epoch",
+        schedule_first_epoch: int = 0,
         bn_momentum: float | None = None,
         compile: bool | None = None,
         compile_mode: str | None = None,
@@ -91,6 +101,9 @@ class SSALModule(L.LightningModule):
         super().__init__()
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if schedule_first_epoch < 0:
+            raise ValueError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
+        decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
         self.save_hyperparameters()
         self.entry = get_entry(model)
         self.alpha = self.entry.alpha if alpha is None else float(alpha)
@@ -215,14 +228,17 @@ class SSALModule(L.LightningModule):
             hp.weight_decay,
             hp.branch_weight_decay,
             hp.decay_norm_and_bias,
-            hp.backbone_lr_factor,
+            by_kind=hp.weight_decay_by_kind,
+            backbone_lr_factor=hp.backbone_lr_factor,
         )
         optimizer = sgd(groups, hp.lr, hp.momentum, hp.nesterov, self.device.type == "cuda")
         total = max(1, self.trainer.max_epochs or 1)
         per_epoch = None
         if hp.schedule_interval == "step":
             per_epoch = self.trainer.estimated_stepping_batches / total
-        scheduler = warmup_linear_decay(optimizer, hp.warmup_epochs, total, per_epoch)
+        scheduler = warmup_linear_decay(
+            optimizer, hp.warmup_epochs, total, per_epoch, hp.schedule_first_epoch
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": hp.schedule_interval},

@@ -1,8 +1,13 @@
-"""The model registry: every named variant with the paper's positions, layouts and weights.
+"""The model registry: every named variant with its branch positions, layouts, weights, and the
+facts that make it the network it is.
 
 ``create_model(name, num_classes, groupings)`` is the single door in; ``list_models()`` shows
-what exists. Families (``wrn-D-W``, ``sewrn-D-W``, ``densenet-bc-D-K``) are patterns whose
-numbers are read from the name.
+what exists. The paper's names (``resnet50``, ``wrn28-10``, ``sewrn16-8``, ``densenet190-40``,
+``resnet50-imagenet``) build the networks as the authors built them (their Keras code for
+CIFAR, their PyTorch code for ImageNet): layer conventions, block order, initialisers, dropout
+and branch layers included. The standard variants keep their own names: ``preact-resnet50``
+and the families (``wrn-D-W``, ``sewrn-D-W``, ``densenet-bc-D-K``), whose numbers are read from
+the name.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Literal
 
 import numpy as np
 from torch import nn
@@ -19,10 +26,12 @@ from ssal.backbones.resnet import PreActResNet, resnet50_imagenet
 from ssal.backbones.small import SmallCNN
 from ssal.backbones.weights import load_backbone_weights
 from ssal.backbones.wrn import WideResNet
+from ssal.conventions import KERAS_NORM, Norm, Style, keras_parameter_count, torch_parameter_count
 from ssal.grouping import Grouping, as_grouping
 from ssal.model import BranchSpec, SSALModel
 
 __all__ = [
+    "LEGACY_NAMES",
     "ModelEntry",
     "create_model",
     "default_groupings",
@@ -33,7 +42,31 @@ __all__ = [
     "register_model",
 ]
 
-# The paper's CIFAR branch layouts.
+AUTHORS_KERAS = "authors' Keras code"
+# The layers of the authors' Keras backbones (keras/*_aux_tf.py and keras/train.py of their
+# repository): batch norm settings, conv biases, Keras "same" padding and initialisers.
+AUTHORS_RESNET = Style(
+    norm=Norm(eps=1e-3, momentum=0.35),  # BatchNormalization(momentum=0.65)
+    conv_bias=True,
+    same="tf",
+    conv_init="he_normal",
+    linear_init="he_normal",
+)
+AUTHORS_WRN = Style(
+    norm=KERAS_NORM,
+    conv_bias=True,
+    same="tf",
+    conv_init="glorot_uniform",
+    linear_init="glorot_uniform",
+)
+AUTHORS_DENSENET = Style(
+    norm=Norm(eps=1.1e-5, momentum=0.01),
+    same="tf",
+    conv_init="orthogonal",
+    linear_init="glorot_uniform",
+)
+
+# The paper's CIFAR branch layouts; ``keras:`` makes them with the authors' Keras layers.
 RESNET_LAYOUTS = (
     "cbr(128,5,2) cbr(128,3) inception gap",
     "cbr(128,5) cbr(128,3) inception gap",
@@ -44,14 +77,22 @@ WIDE_LAYOUTS = (
     "cbr(128,5) cbr(128,3) cbr cbr gap dense(768)",
     "cbr(128,3) cbr(128,3) inception inception gap",
 )
-# The authors' ImageNet branches: reduced Inception-v3 C, D, E blocks.
+# The authors' ImageNet branches: reduced Inception-v3 C, D, E blocks (pytorch/aux_nets.py);
+# branch 1 first halves its 56x56 input with an unpadded 3x3 convolution.
 IMAGENET_LAYOUTS = (
-    "cbr(256,3,2) inception_c inception_d inception_e inception_d inception_e(2) gap",
-    "inception_c inception_d inception_e inception_d inception_e(2) gap",
-    "inception_c inception_d inception_e(2) gap",
+    "inception-v3: cbr(256,3,2,0) inception_c inception_d inception_e inception_d inception_e(2)"
+    " gap",
+    "inception-v3: inception_c inception_d inception_e inception_d inception_e(2) gap",
+    "inception-v3: inception_c inception_d inception_e(2) gap",
 )
 SMALL_LAYOUTS = ("cbr(32,3,2) cbr(32,3) gap", "cbr(64,3) gap", "cbr(64,3) gap")
 SMALL_CNN_LAYOUTS = ("cbr(32,3,2) gap", "cbr(48,3,2) gap", "cbr(64,3) gap")
+
+
+def keras_layouts(layouts: Sequence[str]) -> tuple[str, ...]:
+    """The same layouts made with the authors' Keras layers (``ssal.layouts.STYLES``)."""
+    return tuple(f"keras: {layout}" for layout in layouts)
+
 
 # The paper's CIFAR runs: 80 epochs (DenseNet 100) over the training part, the test set each
 # epoch: (epochs, training images, test images).
@@ -68,6 +109,16 @@ SMALL_CNN_RECIPE = {
     "channels_last": True,  # measured faster on two CPU cores for this network (benchmarks/)
 }
 
+# Names whose network changed when checkpoints reached schema 3 (they now build the authors'
+# networks), and the names that build what they built before: checkpoints of schema 2 and
+# older load with these.
+LEGACY_NAMES = {
+    "resnet50": "preact-resnet50",
+    "wrn28-10": "wrn-28-10",
+    "sewrn16-8": "sewrn-16-8",
+    "densenet190-40": "densenet-bc-190-40",
+}
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -82,10 +133,18 @@ class ModelEntry:
     alpha: float
     paper_positions: tuple[tuple[int, int], ...] = ()
     paper_groups: tuple[int, ...] = (20, 33, 50)
+    paper_classes: int = 100
     description: str = ""
+    # whose definition this is: the authors' code, a paper, or ours
+    reference: str = ""
+    # backbone arguments that apply only when the model has SSAL branches
+    ssal_build: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     # the paper's table, millions of parameters: (baseline, with SSAL branches)
     paper_params: tuple[float, float] | None = None
+    # the authors' code's exact counts (baseline, with SSAL branches), counted as ``authors_count``
+    authors_params: tuple[int, int] | None = None
+    authors_count: Literal["keras", "torch"] = "keras"
     # the paper's run, for projections: (epochs, training images, test images)
     paper_run: tuple[int, int, int] | None = None
     # training settings a workflow uses for this model (the demo's, for small-cnn)
@@ -190,9 +249,10 @@ def create_model(
     One grouping per branch, in the entry's position order; with fewer groupings than
     positions the deepest positions (and layouts) are used. ``positions``/``layouts`` override
     the entry's (module names and layout strings); ``bn_momentum`` sets every batch norm's
-    (PyTorch convention: the weight of the new batch statistics). ``pretrained``: ``True``
-    for the backbone's published weights (timm's, torchvision's), or the path of a state dict
-    or safetensors file; the branches start fresh either way.
+    (PyTorch convention: the weight of the new batch statistics). ``backbone_kwargs`` go to the
+    backbone's builder, after the entry's ``ssal_build`` when there are groupings.
+    ``pretrained``: ``True`` for the backbone's published weights (timm's, torchvision's), or
+    the path of a state dict or safetensors file; the branches start fresh either way.
     """
     entry = get_entry(name)
     c_in = in_channels or entry.input_size[0]
@@ -203,7 +263,8 @@ def create_model(
             )
         backbone = entry.pretrained_build(num_classes=num_classes, in_channels=c_in)
     else:
-        backbone = entry.build(num_classes=num_classes, in_channels=c_in, **backbone_kwargs)
+        kwargs = {**(entry.ssal_build if groupings else {}), **backbone_kwargs}
+        backbone = entry.build(num_classes=num_classes, in_channels=c_in, **kwargs)
         if pretrained and str(pretrained).lower() != "false":
             load_backbone_weights(backbone, pretrained)
     specs: list[BranchSpec] = []
@@ -233,23 +294,34 @@ def create_model(
     return model
 
 
-def model_summary(name: str, num_classes: int, groups: Sequence[int]) -> dict:
-    """Parameter counts of ``name`` as a baseline and with SSAL branches (counted on the meta
-    device: nothing is allocated), its positions, layouts and the paper's numbers."""
+def model_summary(
+    name: str, num_classes: int | None = None, groups: Sequence[int] | None = None
+) -> dict:
+    """Parameter counts of ``name`` as a baseline and with SSAL branches, as PyTorch counts
+    them (trainable) and as Keras does (plus batch norm's moving statistics: the paper's
+    table's convention), counted on the meta device (nothing is allocated); its positions,
+    layouts and the paper's and the authors' numbers. Classes and groups default to the
+    paper's setting of the model."""
     import torch
 
     entry = get_entry(name)
+    classes = num_classes or entry.paper_classes
+    groups = list(groups or entry.paper_groups)
     with torch.device("meta"):
-        base = create_model(name, num_classes).num_parameters()["total"]
-        counts = create_model(name, num_classes, default_groupings(num_classes, groups))
-        counts = counts.num_parameters()
+        base = create_model(name, classes)
+        full = create_model(name, classes, default_groupings(classes, groups))
     row = {
         "name": name,
         "description": entry.description,
+        "reference": entry.reference,
+        "num_classes": classes,
+        "groups": groups,
         "input_size": list(entry.input_size),
-        "params_baseline": base,
-        "params_ssal": counts["total"],
-        "params_branches": counts["branches"],
+        "params_baseline": torch_parameter_count(base),
+        "params_ssal": torch_parameter_count(full),
+        "params_branches": torch_parameter_count(full.branches),
+        "params_baseline_keras": keras_parameter_count(base),
+        "params_ssal_keras": keras_parameter_count(full),
         "positions": list(entry.positions),
         "paper_positions": [list(p) for p in entry.paper_positions],
         "layouts": list(entry.layouts),
@@ -259,79 +331,146 @@ def model_summary(name: str, num_classes: int, groups: Sequence[int]) -> dict:
     if entry.paper_params:
         row["paper_params_baseline"] = int(entry.paper_params[0] * 1e6)
         row["paper_params_ssal"] = int(entry.paper_params[1] * 1e6)
+    if entry.authors_params:
+        row["authors_params_baseline"], row["authors_params_ssal"] = entry.authors_params
+        row["authors_count"] = entry.authors_count
     return row
 
 
-def _wrn_entry(name: str, depth: int, width: int, se: bool) -> ModelEntry:
-    n = (depth - 4) // 6
-    half = max(1, n // 2)
+def _cifar_entry(
+    name: str,
+    build: Callable[..., nn.Module],
+    position: Callable[[int, int], str],
+    paper: tuple[tuple[int, int], ...],
+    layouts: tuple[str, ...],
+    weights: tuple[float, ...],
+    alpha: float,
+    description: str,
+    reference: str,
+) -> ModelEntry:
+    """A CIFAR model's entry; the authors' networks get their Keras branch layers."""
+    authors = reference == AUTHORS_KERAS
+    return ModelEntry(
+        name=name,
+        build=build,
+        input_size=(3, 32, 32),
+        positions=tuple(position(s, k) for s, k in paper),
+        layouts=keras_layouts(layouts) if authors else layouts,
+        weights=weights,
+        alpha=alpha,
+        paper_positions=paper,
+        description=description,
+        reference=reference,
+    )
+
+
+def _wrn_entry(name: str, depth: int, width: int, se: bool, authors: bool = False) -> ModelEntry:
+    half = max(1, (depth - 4) // 12)
+    se_kw = {"se_ratio": 16, "se_init": "orthogonal" if authors else "torch"} if se else {}
+    se_name, se_text = ("SE-", ", squeeze-excitation ratio 16") if se else ("", "")
+    if authors:
+        build = partial(WideResNet, depth, width, post_activation=True, style=AUTHORS_WRN, **se_kw)
+        description = (
+            f"{se_name}WRN-{depth}-{width} as the authors built it (Keras): post-activation "
+            f"blocks, max-pool between groups, conv biases, Keras batch norm, glorot_uniform"
+            f"{se_text}"
+        )
+    else:
+        build = partial(WideResNet, depth, width, **se_kw)
+        description = f"{se_name}WRN-{depth}-{width}, pre-activation{se_text}"
+    reference = AUTHORS_KERAS if authors else "Zagoruyko & Komodakis 2016"
     paper = ((2, half), (3, half), (3, -1))
-    return ModelEntry(
-        name=name,
-        build=lambda **kw: WideResNet(depth, width, se_ratio=16 if se else 0, **kw),
-        input_size=(3, 32, 32),
-        positions=tuple(WideResNet.position(s, k) for s, k in paper),
-        layouts=WIDE_LAYOUTS,
-        weights=(0.8, 0.9, 1.0),
-        alpha=0.4,
-        paper_positions=paper,
-        description=f"{'SE-' if se else ''}WRN-{depth}-{width}, pre-activation"
-        + (", squeeze-excitation ratio 16" if se else ""),
-    )
+    return _cifar_entry(
+        name, build, WideResNet.position, paper, WIDE_LAYOUTS, (0.8, 0.9, 1.0), 0.4,
+        description, reference,
+    )  # fmt: skip
 
 
-def _densenet_entry(name: str, depth: int, growth: int) -> ModelEntry:
+def _densenet_entry(name: str, depth: int, growth: int, authors: bool = False) -> ModelEntry:
+    if authors:
+        build = partial(DenseNetBC, depth, growth, dropout=0.2, style=AUTHORS_DENSENET)
+        description = (
+            f"DenseNet-BC-{depth}, growth {growth}, as the authors built it (Keras): dropout 0.2 "
+            "after each 3x3 conv, batch norm eps 1.1e-5, orthogonal convs"
+        )
+    else:
+        build = partial(DenseNetBC, depth, growth)
+        description = f"DenseNet-BC-{depth}, growth {growth}, compression 0.5"
+    reference = AUTHORS_KERAS if authors else "Huang et al. 2017"
     paper = ((1, -1), (2, 0), (3, 0))
-    return ModelEntry(
-        name=name,
-        build=lambda **kw: DenseNetBC(depth, growth, **kw),
-        input_size=(3, 32, 32),
-        positions=tuple(DenseNetBC.position(s, k) for s, k in paper),
-        layouts=WIDE_LAYOUTS,
-        weights=(0.8, 0.9, 1.0),
-        alpha=0.5,
-        paper_positions=paper,
-        description=f"DenseNet-BC-{depth}, growth {growth}, compression 0.5",
-    )
+    return _cifar_entry(
+        name, build, DenseNetBC.position, paper, WIDE_LAYOUTS, (0.8, 0.9, 1.0), 0.5,
+        description, reference,
+    )  # fmt: skip
+
+
+def _resnet50_entry(name: str, authors: bool) -> ModelEntry:
+    if authors:
+        build = partial(
+            PreActResNet,
+            (3, 4, 6, 3),
+            style=AUTHORS_RESNET,
+            strides=(1, 2, 2, 1),  # their builder never halves below 8x8
+            stem_activation=True,
+            stride_in_1x1=True,
+            raw_shortcut=True,
+        )
+        description = (
+            "ResNet-50 for CIFAR as the authors built it (Keras): pre-activation bottlenecks, "
+            "conv-BN-ReLU 5x5 stem, last stage at 8x8, conv biases, batch norm momentum 0.35, "
+            "he_normal"
+        )
+    else:
+        build = partial(PreActResNet, (3, 4, 6, 3))
+        description = "pre-activation ResNet-50 for CIFAR (5x5 stem, no max-pool, 4x4 last stage)"
+    reference = AUTHORS_KERAS if authors else "He et al. 2016 (pre-activation)"
+    paper = ((1, -1), (2, -1), (3, -1))
+    return _cifar_entry(
+        name, build, PreActResNet.position, paper, RESNET_LAYOUTS, (0.42, 0.59, 0.76), 0.3,
+        description, reference,
+    )  # fmt: skip
 
 
 @register_model("resnet50")
 def _resnet50() -> ModelEntry:
-    paper = ((1, -1), (2, -1), (3, -1))
-    return ModelEntry(
-        name="resnet50",
-        build=lambda **kw: PreActResNet((3, 4, 6, 3), **kw),
-        input_size=(3, 32, 32),
-        positions=tuple(PreActResNet.position(s, k) for s, k in paper),
-        layouts=RESNET_LAYOUTS,
-        weights=(0.42, 0.59, 0.76),
-        alpha=0.3,
-        paper_positions=paper,
-        description="pre-activation ResNet-50 for CIFAR (5x5 stem, no max-pool)",
+    return replace(
+        _resnet50_entry("resnet50", authors=True),
         paper_params=(23.8, 28.9),
+        authors_params=(23_772_644, 28_886_131),
         paper_run=CIFAR_RUN,
     )
+
+
+@register_model("preact-resnet50")
+def _preact_resnet50() -> ModelEntry:
+    return _resnet50_entry("preact-resnet50", authors=False)
 
 
 @register_model("sewrn16-8")
 def _sewrn16_8() -> ModelEntry:
     return replace(
-        _wrn_entry("sewrn16-8", 16, 8, se=True), paper_params=(11.1, 14.9), paper_run=CIFAR_RUN
+        _wrn_entry("sewrn16-8", 16, 8, se=True, authors=True),
+        paper_params=(11.1, 14.9),
+        paper_run=CIFAR_RUN,
     )
 
 
 @register_model("wrn28-10")
 def _wrn28_10() -> ModelEntry:
     return replace(
-        _wrn_entry("wrn28-10", 28, 10, se=False), paper_params=(36.6, 38.2), paper_run=CIFAR_RUN
+        _wrn_entry("wrn28-10", 28, 10, se=False, authors=True),
+        paper_params=(36.6, 38.2),
+        authors_params=(36_564_932, 43_248_387),
+        paper_run=CIFAR_RUN,
     )
 
 
 @register_model("densenet190-40")
 def _densenet190_40() -> ModelEntry:
     return replace(
-        _densenet_entry("densenet190-40", 190, 40),
+        _densenet_entry("densenet190-40", 190, 40, authors=True),
         paper_params=(26.1, 38.3),
+        authors_params=(26_078_580, 38_287_795),
         paper_run=(100, *CIFAR_RUN[1:]),
     )
 
@@ -348,7 +487,13 @@ def _resnet50_imagenet() -> ModelEntry:
         alpha=0.3,
         paper_positions=((1, -1), (2, -1), (3, -1)),
         paper_groups=(200, 334, 500),
-        description="torchvision ResNet-50 for ImageNet with the authors' Inception branches",
+        paper_classes=1000,
+        description="torchvision ResNet-50 for ImageNet with the authors' Inception branches; "
+        "the last batch norm of each block starts at zero only with branches (as theirs)",
+        reference="authors' PyTorch code",
+        ssal_build={"zero_init_residual": True},
+        authors_params=(25_557_032, 37_453_730),
+        authors_count="torch",
         paper_run=(90, 1255544, 50000),
     )
 
@@ -365,13 +510,15 @@ def _small_cnn() -> ModelEntry:
         alpha=0.3,
         paper_positions=((1, -1), (2, -1), (3, -1)),
         paper_groups=(2, 3, 5),
+        paper_classes=10,
         description="6-conv CNN for Fashion-MNIST-sized images (the demo's network)",
+        reference="ours",
         paper_run=(3, 54000, 10000),
         recipe=dict(SMALL_CNN_RECIPE),
     )
 
 
-@register_family(r"wrn-(\d+)-(\d+)", "wrn-16-4", shown="wrn-DEPTH-WIDTH")
+@register_family(r"wrn-(\d+)-(\d+)", "wrn-28-10", shown="wrn-DEPTH-WIDTH")
 def _wrn_family(m: re.Match) -> ModelEntry:
     return _wrn_entry(m.group(0), int(m.group(1)), int(m.group(2)), se=False)
 
@@ -381,7 +528,7 @@ def _sewrn_family(m: re.Match) -> ModelEntry:
     return _wrn_entry(m.group(0), int(m.group(1)), int(m.group(2)), se=True)
 
 
-@register_family(r"densenet-bc-(\d+)-(\d+)", "densenet-bc-100-12", shown="densenet-bc-DEPTH-GROWTH")
+@register_family(r"densenet-bc-(\d+)-(\d+)", "densenet-bc-190-40", shown="densenet-bc-DEPTH-GROWTH")
 def _densenet_family(m: re.Match) -> ModelEntry:
     return _densenet_entry(m.group(0), int(m.group(1)), int(m.group(2)))
 
@@ -395,7 +542,7 @@ def _tiny_entry(kind: str) -> ModelEntry:
         base = _densenet_entry("tiny-densenet", 10, 4)
         build = lambda **kw: DenseNetBC(10, 4, **kw)  # noqa: E731
     else:
-        base = _resnet50()
+        base = _preact_resnet50()
         build = lambda **kw: PreActResNet((1, 1, 1), base=8, stem_kernel=3, **kw)  # noqa: E731
     return ModelEntry(
         name=f"tiny-{kind}",
@@ -408,6 +555,7 @@ def _tiny_entry(kind: str) -> ModelEntry:
         paper_positions=base.paper_positions,
         paper_groups=(2, 3, 5),
         description=f"tiny {kind} for tests",
+        reference="ours",
     )
 
 

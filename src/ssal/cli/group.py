@@ -1,4 +1,5 @@
-"""``ssal group``: groupings from a confusion matrix or from a baseline's held-out confusion."""
+"""``ssal group``: groupings from a confusion matrix, from a baseline's held-out confusion, or
+from the authors' published groupings (text files), written as one groupings JSON file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssal.cli.common import add_data_args, checkpoint_data, device, say, track
+from ssal.cli.common import UserError, add_data_args, checkpoint_data, device, say, track
 
 __all__ = ["add_parser", "run"]
 
@@ -16,17 +17,29 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "group",
-        help="derive groupings from a confusion matrix",
+        help="derive groupings from a confusion matrix, or read the authors' files",
         description="Group the classes as the paper does: from a baseline's confusion on its "
-        "held-out split (--checkpoint), or from a confusion matrix file.",
+        "held-out split (--checkpoint), or from a confusion matrix file; or read the authors' "
+        "published groupings (--labels).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--confusion", metavar="FILE", help="(C, C) confusion matrix as .npy")
     src.add_argument(
         "--checkpoint", metavar="FILE", help="baseline checkpoint (confusion on held-out split)"
     )
+    src.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="FILE",
+        help="the authors' groupings, one per branch: text files with the group of class c on "
+        "line c (e.g. cifar100_20_group_similar_v2.txt)",
+    )
     p.add_argument(
-        "--groups", type=int, nargs="+", required=True, metavar="G", help="numbers of groups"
+        "--groups",
+        type=int,
+        nargs="+",
+        metavar="G",
+        help="numbers of groups (--confusion, --checkpoint)",
     )
     p.add_argument(
         "--mode",
@@ -73,12 +86,28 @@ def _read_confusion(path: str) -> np.ndarray:
     return m
 
 
+def _label_files(paths: list[str], names: list[str] | None) -> list:
+    """The authors' groupings files, checked to cover the same classes (``names``' count)."""
+    from ssal.grouping import read_label_file
+
+    first = read_label_file(paths[0], len(names) if names is not None else None)
+    return [first, *(read_label_file(p, first.num_classes) for p in paths[1:])]
+
+
 def run(args: argparse.Namespace) -> int:
     from ssal.evaluate import groupings_from_model
     from ssal.grouping import Grouping, save_groupings
 
     names = _read_names(args.names) if args.names else None
-    if args.checkpoint:
+    if bool(args.labels) == bool(args.groups):
+        raise UserError(
+            "--groups does not apply to --labels"
+            if args.labels
+            else "--groups is needed with --confusion and --checkpoint"
+        )
+    if args.labels:
+        groupings = _label_files(args.labels, names)
+    elif args.checkpoint:
         model, info, dm = checkpoint_data(args)
         groupings, confusion = groupings_from_model(
             model,
@@ -99,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
             Grouping.from_confusion(confusion, g, args.mode, args.size_margin, args.seed)
             for g in args.groups
         ]
-    if names is not None and len(names) != confusion.shape[0]:
-        raise ValueError(f"{args.names}: {len(names)} names for {confusion.shape[0]} classes")
+    classes = groupings[0].num_classes
+    if names is not None and len(names) != classes:
+        raise ValueError(f"{args.names}: {len(names)} names for {classes} classes")
     out = save_groupings(args.out, groupings, names)
     label = (lambda c: names[c]) if names is not None else str
     for g in groupings:

@@ -1,4 +1,5 @@
-"""``ssal models``: registered models with parameter counts, positions and the paper's numbers."""
+"""``ssal models``: registered models with parameter counts (PyTorch's and Keras' convention),
+positions, and the paper's and the authors' numbers."""
 
 from __future__ import annotations
 
@@ -18,11 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "branches, the paper's numbers and the branch positions (module names).",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--num-classes", type=int, default=100, metavar="N", help="classes")
     p.add_argument(
-        "--groups", type=int, nargs="+", default=[20, 33, 50], metavar="G", help="groups per branch"
+        "--num-classes", type=int, metavar="N", help="classes (default: each model's paper setting)"
+    )
+    p.add_argument(
+        "--groups",
+        type=int,
+        nargs="+",
+        metavar="G",
+        help="groups per branch (default: each model's paper setting, e.g. 20 33 50)",
     )
     p.set_defaults(func=run)
+
+
+def _millions(a: int | None, b: int | None) -> str:
+    return "" if a is None or b is None else f"{a / 1e6:.2f}M / {b / 1e6:.2f}M"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,18 +49,28 @@ def run(args: argparse.Namespace) -> int:
     table = []
     for r in rows:
         paper = r.get("paper_params_baseline")
+        authors = r.get("authors_params_baseline")
         table.append(
             [
                 r["name"],
-                f"{r['params_baseline'] / 1e6:.2f}M",
-                f"{r['params_ssal'] / 1e6:.2f}M",
+                r["reference"],
+                _millions(r["params_baseline"], r["params_baseline_keras"]),
+                _millions(r["params_ssal"], r["params_ssal_keras"]),
                 f"{paper / 1e6:.1f}M / {r['paper_params_ssal'] / 1e6:.1f}M" if paper else "",
+                f"{authors:,} / {r['authors_params_ssal']:,} ({r['authors_count']})"
+                if authors
+                else "",
+                f"{r['num_classes']}, groups {' '.join(map(str, r['groups']))}",
                 " ".join(r["positions"]),
             ]
         )
-    columns = ("model", "baseline", "SSAL", "paper", "positions (module names)")
-    title = f"ssal models ({args.num_classes} classes, groups {' '.join(map(str, args.groups))})"
-    show_table(title, columns, table, right=("baseline", "SSAL", "paper"))
+    columns = ("model", "built as", "baseline", "with SSAL", "paper", "authors' code", "classes",
+               "positions (module names)")
+    title = (
+        "ssal models: parameters as PyTorch counts them (trainable) / as Keras does (+ batch "
+        "norm statistics, the paper's convention)"
+    )
+    show_table(title, columns, table, right=("baseline", "with SSAL", "paper", "authors' code"))
     rows = [[f["name"], f["example"]] for f in families]
     show_table(
         "families: other numbers, or any timm or torchvision model", ("name", "example"), rows

@@ -47,7 +47,8 @@ class ImageFolderDataModule(SSALDataModule):
     """ImageNet-style ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` folders.
 
     Images are decoded and cropped on the CPU into uint8 (B, 3, S, S) batches (train:
-    RandomResizedCrop + horizontal flip; eval: resize to S/0.875 + centre crop) and normalised
+    RandomResizedCrop [+ colour jitter] + horizontal flip; eval: resize to S/0.875 + centre
+    crop) and normalised
     on the device after transfer. With ``decode_on_device`` the training loader's workers only
     read the files; decoding (nvJPEG on a GPU), cropping and flipping happen on the device after
     transfer, which frees the CPU cores that otherwise bound an ImageNet epoch.
@@ -63,6 +64,12 @@ class ImageFolderDataModule(SSALDataModule):
         mean: per-channel mean on the [0, 1] scale (ImageNet's by default).
         std: per-channel std on the [0, 1] scale (ImageNet's by default).
         decode_on_device: decode and augment training images on the training device.
+        crop_scale: the area share RandomResizedCrop draws from (torchvision's default
+            ``[0.08, 1]``; the authors' ImageNet runs ``[0.3, 4/3]``).
+        color_jitter: brightness, contrast, saturation (and hue) of torchvision's
+            ``ColorJitter`` between crop and flip (the authors': ``[0.4, 0.4, 0.4]``); not
+            with ``decode_on_device``.
+        drop_last: drop the incomplete last training batch (the authors' loader keeps it).
     """
 
     class_path = "ssal.data.ImageFolderDataModule"
@@ -79,6 +86,9 @@ class ImageFolderDataModule(SSALDataModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         decode_on_device: bool = False,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        color_jitter: list[float] | None = None,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         if image_size < 1 or batch_size < 1 or eval_batch_size < 1:
@@ -94,6 +104,12 @@ class ImageFolderDataModule(SSALDataModule):
         std = list(IMAGENET_STD) if std is None else [float(s) for s in std]
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values each with std > 0, got {mean}, {std}")
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]:
+            raise ValueError(f"crop_scale must be [low, high], 0 < low <= high; got {crop_scale}")
+        if color_jitter and decode_on_device:
+            raise ValueError(
+                "color_jitter runs in the loader workers: set decode_on_device false to use it"
+            )
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.image_size = image_size
@@ -105,6 +121,9 @@ class ImageFolderDataModule(SSALDataModule):
         self.mean = mean
         self.std = std
         self.decode_on_device = decode_on_device
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.color_jitter = list(color_jitter) if color_jitter else None
+        self.drop_last = drop_last
         self._generator: torch.Generator | None = None
         self.in_channels = 3
         self.eval_crop_size = image_size
@@ -127,7 +146,9 @@ class ImageFolderDataModule(SSALDataModule):
         for part in ("train", "val"):
             if not (root / part).is_dir():
                 raise FileNotFoundError(f"folder {root / part} not found; {layout}")
-        train_tf = folder_transforms(self.image_size, train=True)
+        train_tf = folder_transforms(
+            self.image_size, True, crop_scale=self.crop_scale, color_jitter=self.color_jitter
+        )
         eval_tf = folder_transforms(self.image_size, train=False)
         train_full = ImageFolder(str(root / "train"), transform=train_tf)
         val = ImageFolder(str(root / "val"), transform=eval_tf)
@@ -167,7 +188,7 @@ class ImageFolderDataModule(SSALDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=train,
-            drop_last=train,
+            drop_last=train and self.drop_last,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
@@ -204,7 +225,9 @@ class ImageFolderDataModule(SSALDataModule):
         for img in images:
             if train:
                 g = self._crop_generator()
-                top, left, h, w = random_resized_crop_box(img.shape[-2], img.shape[-1], g)
+                top, left, h, w = random_resized_crop_box(
+                    img.shape[-2], img.shape[-1], g, self.crop_scale
+                )
                 img = F.resized_crop(img, top, left, h, w, size, antialias=True)
                 if torch.rand((), generator=g) < 0.5:
                     img = F.horizontal_flip(img)

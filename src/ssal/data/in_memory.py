@@ -10,7 +10,7 @@ from ssal.data.base import SSALDataModule
 from ssal.data.loaders import batch_loader
 from ssal.data.readers import DATASET_SHAPES, canonical_name, load_dataset
 from ssal.data.splits import channel_stats, stratified_split
-from ssal.data.transforms import shift_flip
+from ssal.data.transforms import check_shift_options, shift_flip
 
 __all__ = ["InMemoryDataModule"]
 
@@ -31,6 +31,11 @@ class InMemoryDataModule(SSALDataModule):
         augment: apply :func:`shift_flip` to training batches.
         max_shift: largest shift in pixels for the augmentation.
         flip: random horizontal flips in the augmentation.
+        shift_draw: how shifts are drawn: "uniform" in ``[-max_shift, max_shift]``, or "keras"
+            (a magnitude in ``0..max_shift-1`` with a random sign, as Keras'
+            ``width_shift_range=max_shift``: the authors' CIFAR runs).
+        pad_mode: the border the shift reveals: "reflect" (``dcb|abcd``) or "symmetric"
+            (``dcba|abcd``, Keras' ``fill_mode="reflect"``: the authors' CIFAR runs).
         normalization: "channel" (mean/std per channel of the training part) or "unit" (scale
             to [0, 1] only).
         train_size: if set, a stratified subsample of this many training images is used.
@@ -52,6 +57,8 @@ class InMemoryDataModule(SSALDataModule):
         augment: bool = True,
         max_shift: int = 5,
         flip: bool = True,
+        shift_draw: str = "uniform",
+        pad_mode: str = "reflect",
         normalization: str = "channel",
         train_size: int | None = None,
         num_workers: int = 0,
@@ -68,6 +75,7 @@ class InMemoryDataModule(SSALDataModule):
             raise ValueError(f"normalization must be 'channel' or 'unit', got {normalization!r}")
         if max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        check_shift_options(shift_draw, pad_mode)
         if heldout < 0:
             raise ValueError(f"heldout must be >= 0, got {heldout}")
         if train_size is not None and train_size < 1:
@@ -83,6 +91,7 @@ class InMemoryDataModule(SSALDataModule):
         self.augment = augment
         self.max_shift = max_shift
         self.flip = flip
+        self.shift_draw, self.pad_mode = shift_draw, pad_mode
         self.normalization = normalization
         self.train_size = train_size
         self.num_workers = num_workers
@@ -237,9 +246,10 @@ class InMemoryDataModule(SSALDataModule):
     # ---- device-side processing -------------------------------------------------------------
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """The paper's random shifts (reflect padding) and horizontal flips, on the device."""
+        """The paper's random shifts (mirrored borders) and horizontal flips, on the device."""
         if self.augment and (self.max_shift > 0 or self.flip):
+            rng = self.epoch_generator(images.device, self.seed)
             return shift_flip(
-                images, self.max_shift, self.flip, self.epoch_generator(images.device, self.seed)
+                images, self.max_shift, self.flip, rng, self.shift_draw, self.pad_mode
             )
         return images

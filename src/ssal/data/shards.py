@@ -23,7 +23,13 @@ from ssal.data.arrays import ImageArrays
 from ssal.data.base import SSALDataModule
 from ssal.data.readers import load_dataset
 from ssal.data.splits import channel_stats, stratified_split
-from ssal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transforms, shift_flip
+from ssal.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_shift_options,
+    folder_transforms,
+    shift_flip,
+)
 from ssal.files import write_json
 
 __all__ = ["ShardDataModule", "convert_to_shards", "read_meta"]
@@ -223,7 +229,9 @@ class ShardDataModule(SSALDataModule):
     """Streams ``ssal data convert`` shards; batches are uint8 until they reach the device.
 
     Fixed-size sets (CIFAR, Fashion-MNIST) get the paper's shift/flip augmentation on the
-    device; image-folder sets get RandomResizedCrop + flip per sample in the workers.
+    device (``shift_draw``, ``pad_mode`` as ``InMemoryDataModule``'s); image-folder sets get
+    RandomResizedCrop [+ colour jitter] + flip per sample in the workers (``crop_scale``,
+    ``color_jitter`` as ``ImageFolderDataModule``'s).
     """
 
     class_path = "ssal.shards.ShardDataModule"
@@ -240,9 +248,16 @@ class ShardDataModule(SSALDataModule):
         flip: bool = True,
         shuffle_buffer: int = 5000,
         seed: int = 0,
+        shift_draw: str = "uniform",
+        pad_mode: str = "reflect",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        color_jitter: list[float] | None = None,
     ) -> None:
         super().__init__()
+        check_shift_options(shift_draw, pad_mode)
         self.save_hyperparameters()
+        self.shift_draw, self.pad_mode = shift_draw, pad_mode
+        self.crop_scale, self.color_jitter = tuple(crop_scale), color_jitter
         self.data_dir = data_dir
         self.meta = read_meta(data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -263,7 +278,11 @@ class ShardDataModule(SSALDataModule):
         return [str(Path(self.data_dir) / s) for s in entry["shards"]]
 
     def _transform(self, train: bool) -> Callable | None:
-        return None if self.fixed else folder_transforms(self.image_size, train, to_tensor=False)
+        if self.fixed:
+            return None
+        return folder_transforms(
+            self.image_size, train, False, self.crop_scale, self.color_jitter if train else None
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         urls = self._urls(split)
@@ -317,7 +336,8 @@ class ShardDataModule(SSALDataModule):
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Fixed-size sets: the paper's shift/flip on the device (folders crop in workers)."""
         if self.fixed and self.augment and (self.max_shift > 0 or self.flip):
+            rng = self.epoch_generator(images.device, self.seed)
             return shift_flip(
-                images, self.max_shift, self.flip, self.epoch_generator(images.device, self.seed)
+                images, self.max_shift, self.flip, rng, self.shift_draw, self.pad_mode
             )
         return images

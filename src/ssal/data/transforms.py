@@ -17,6 +17,9 @@ __all__ = [
     "EVAL_CROP_FRACTION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PAD_MODES",
+    "SHIFT_DRAWS",
+    "check_shift_options",
     "eval_preprocessing",
     "eval_resize",
     "folder_transforms",
@@ -30,10 +33,44 @@ IMAGENET_MEAN: list[float] = [0.485, 0.456, 0.406]
 IMAGENET_STD: list[float] = [0.229, 0.224, 0.225]
 
 
+SHIFT_DRAWS = ("uniform", "keras")
+PAD_MODES = ("reflect", "symmetric")
+
+
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Map indices in [-(size-1), 2*(size-1)] into [0, size) by reflection (no edge repeat)."""
+    """Map indices in [-(size-1), 2*(size-1)] into [0, size) by reflection without repeating
+    the edge (``dcb|abcd|cba``, numpy's ``reflect``)."""
     last = size - 1
     return last - (last - index.abs()).abs()
+
+
+def _symmetric(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map indices in [-size, 2*size) into [0, size) by reflection repeating the edge
+    (``dcba|abcd|dcba``, numpy's ``symmetric``, Keras/scipy's ``reflect``)."""
+    index = torch.where(index < 0, -index - 1, index)
+    return torch.where(index >= size, 2 * size - 1 - index, index)
+
+
+def check_shift_options(shift_draw: str, pad_mode: str) -> None:
+    """``ValueError`` unless ``shift_draw`` is in ``SHIFT_DRAWS`` and ``pad_mode`` in
+    ``PAD_MODES``."""
+    if shift_draw not in SHIFT_DRAWS or pad_mode not in PAD_MODES:
+        raise ValueError(
+            f"shift_draw must be one of {SHIFT_DRAWS} and pad_mode one of {PAD_MODES}, got "
+            f"{shift_draw!r} and {pad_mode!r}"
+        )
+
+
+def _draw_shifts(
+    n: int, max_shift: int, draw: str, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``n`` shifts: uniform in ``[-max_shift, max_shift]``, or as Keras draws an integer shift
+    range: a magnitude uniform in ``0..max_shift-1`` with a random sign."""
+    if draw == "uniform":
+        return torch.randint(-max_shift, max_shift + 1, (n,), generator=generator, device=device)
+    magnitude = torch.randint(0, max(1, max_shift), (n,), generator=generator, device=device)
+    sign = torch.randint(0, 2, (n,), generator=generator, device=device) * 2 - 1
+    return magnitude * sign
 
 
 def shift_flip(
@@ -41,14 +78,20 @@ def shift_flip(
     max_shift: int = 5,
     flip: bool = True,
     generator: torch.Generator | None = None,
+    shift_draw: str = "uniform",
+    pad_mode: str = "reflect",
 ) -> torch.Tensor:
-    """Randomly shift and horizontally flip every image of a batch, independently.
+    """Randomly shift and then horizontally flip every image of a batch, independently.
 
-    Equivalent to reflect-padding each image (N, C, H, W) by ``max_shift`` on all sides,
-    cropping an H x W window at a uniform random offset in ``[0, 2*max_shift]`` per axis (a
-    shift in ``[-max_shift, max_shift]``), then flipping left-right with probability 0.5. Runs as
-    one gather on the tensor's device; works for any dtype. ``generator`` may live on the CPU
-    or on the images' device.
+    Each image (N, C, H, W) moves by a shift drawn per axis: ``shift_draw="uniform"`` draws it
+    uniformly from ``[-max_shift, max_shift]``; ``"keras"`` as Keras' ``ImageDataGenerator``
+    draws an integer ``width_shift_range=max_shift``: a magnitude in ``0..max_shift-1`` with a
+    random sign (so 0 is twice as likely as each other shift, and ``max_shift`` never
+    happens). The pixels that come in from outside are the image mirrored at its border:
+    ``pad_mode="reflect"`` without repeating the edge pixel (numpy's ``reflect``),
+    ``"symmetric"`` repeating it (numpy's ``symmetric``; Keras' ``fill_mode="reflect"``). Then
+    a left-right flip with probability 0.5. Runs as one gather on the tensor's device; works
+    for any dtype. ``generator`` may live on the CPU or on the images' device.
 
     Returns:
         A new tensor of the same shape, dtype and device.
@@ -57,6 +100,7 @@ def shift_flip(
         raise ValueError(f"shift_flip needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    check_shift_options(shift_draw, pad_mode)
     n, c, h, w = images.shape
     if max_shift >= min(h, w):
         raise ValueError(
@@ -66,15 +110,15 @@ def shift_flip(
         return images.clone()
     device = images.device
     rng_device = generator.device if generator is not None else device
-    span = 2 * max_shift + 1
-    top = torch.randint(0, span, (n,), generator=generator, device=rng_device).to(device)
-    left = torch.randint(0, span, (n,), generator=generator, device=rng_device).to(device)
-    rows = top[:, None] - max_shift + torch.arange(h, device=device)  # (n, h) padded coords
-    cols = left[:, None] - max_shift + torch.arange(w, device=device)  # (n, w)
+    rows = _draw_shifts(n, max_shift, shift_draw, generator, rng_device).to(device)
+    cols = _draw_shifts(n, max_shift, shift_draw, generator, rng_device).to(device)
+    rows = rows[:, None] + torch.arange(h, device=device)  # (n, h) source rows
+    cols = cols[:, None] + torch.arange(w, device=device)  # (n, w)
     if flip:
         flipped = torch.rand(n, generator=generator, device=rng_device).to(device) < 0.5
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    rows, cols = _reflect(rows, h), _reflect(cols, w)
+    mirror = _reflect if pad_mode == "reflect" else _symmetric
+    rows, cols = mirror(rows, h), mirror(cols, w)
     source = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
     return images.reshape(n, c, h * w).gather(2, source).view(n, c, h, w)
 
@@ -173,13 +217,25 @@ def resize_for_model(img: Any, size: tuple[int, int], preprocessing: dict | None
     return F.resize(img, [int(size[0]), int(size[1])], antialias=True)
 
 
-def folder_transforms(size: int, train: bool, to_tensor: bool = True) -> Any:
-    """Per-image torchvision transforms for image folders: RandomResizedCrop + flip for
-    training, the evaluation resize + centre crop otherwise; uint8 tensors out."""
+def folder_transforms(
+    size: int,
+    train: bool,
+    to_tensor: bool = True,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    color_jitter: Sequence[float] | None = None,
+) -> Any:
+    """Per-image torchvision transforms for image folders. Training: RandomResizedCrop (area
+    share in ``crop_scale``), colour jitter (``color_jitter``: brightness, contrast, saturation
+    and optionally hue, as torchvision's ``ColorJitter``; the authors' ImageNet runs use 0.4,
+    0.4, 0.4) and a horizontal flip; otherwise the evaluation resize + centre crop; uint8
+    tensors out."""
     from torchvision.transforms import v2
 
     if train:
-        steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+        steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), antialias=True)]
+        if color_jitter:
+            steps.append(v2.ColorJitter(*color_jitter))
+        steps.append(v2.RandomHorizontalFlip())
     else:
         steps = [v2.Resize(eval_resize(size), antialias=True), v2.CenterCrop(size)]
     if to_tensor:
