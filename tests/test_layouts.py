@@ -91,3 +91,22 @@ def test_gap_added_and_dense_after_gap():
 def test_layout_errors(layout, match):
     with pytest.raises(ValueError, match=match):
         build_branch(layout, 8, 3)
+
+
+def test_inception_width_and_alignment():
+    # the defaults are the paper's block; (1,8) pads the 108-channel path to 112 (752 out),
+    # (1,32) to 128 (768 out); (0.5) halves every path: 64 + 128 + 128 + 54
+    paper = build_branch("inception", 64, 5)[0]
+    assert parse_layout("inception(1,8)") == [Block("inception", (1, 8))]
+    for layout, channels in (("inception(1,8)", 752), ("inception(1,32)", 768)):
+        block = build_branch(layout, 64, 5)[0]
+        assert block(torch.randn(2, 64, 4, 4)).shape == (2, channels, 4, 4)
+        # only the pooled path grows: its 3x1 conv (64 * 3 per channel) and batch norm
+        extra = channels - 748
+        assert n_params(block) - n_params(paper) == extra * (64 * 3 + 2)
+    assert build_branch("inception(0.5)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 374
+    assert build_branch("inception(0.4,8)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 5 * 56 + 48
+    with pytest.raises(ValueError, match="must be an integer"):
+        parse_layout("inception(1,2.5)")
+    with pytest.raises(ValueError, match="0 to 2 arguments"):
+        parse_layout("inception(1,8,1)")

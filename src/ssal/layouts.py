@@ -3,7 +3,8 @@
 Blocks (arguments in brackets, defaults after ``=``):
 
 - ``cbr(f=256, k=3, s=1)``: conv f filters k x k stride s, "same" padding, batch norm, ReLU.
-- ``inception``: the paper's CIFAR branch block, four paths concatenated to 748 channels.
+- ``inception(w=1, m=1)``: the paper's CIFAR branch block, four paths concatenated to 748
+  channels; widths scaled by ``w``, each path rounded up to a multiple of ``m``.
 - ``inception_c(w=0.5)``, ``inception_d(w=0.5)``, ``inception_e(w=1)``: the reduced
   Inception-v3 blocks of type C, D (grid reduction) and E of the authors' ImageNet branches,
   every width scaled by ``w`` (256, 256 and 748 channels out at the defaults).
@@ -18,6 +19,7 @@ layout leaves the features spatial.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,17 +82,29 @@ def _asym(c_in: int, c: int) -> tuple[nn.Module, nn.Module]:
     return cbr(c_in, c, (1, 3)), cbr(c_in, c, (3, 1))
 
 
-def inception_cifar(c_in: int) -> tuple[nn.Module, int]:
-    """The paper's CIFAR branch block: 128 + 256 + 256 + 108 = 748 channels out."""
+def inception_cifar(c_in: int, width: float = 1, multiple: float = 1) -> tuple[nn.Module, int]:
+    """The paper's CIFAR branch block: 128 + 256 + 256 + 108 = 748 channels out.
+
+    ``width`` scales every path (branches in proportion to a narrower backbone); each path's
+    channels are then rounded up to a multiple of ``multiple`` (tensor cores want multiples
+    of 8: ``inception(1,8)`` gives 128 + 256 + 256 + 112 = 752 channels, ``inception(1,32)``
+    768). The defaults build the paper's block exactly.
+    """
+    m = int(multiple)
+
+    def size(n: int) -> int:  # round() first: 0.4 * 160 is 64.00000000000001
+        return max(m, math.ceil(round(width * n / m, 6)) * m)
+
+    c128, c160, c108 = size(128), size(160), size(108)
     block = _Concat(
-        cbr(c_in, 128, 1),
-        _Then(cbr(c_in, 128, 1), *_asym(128, 128)),
-        _Then(nn.Sequential(cbr(c_in, 160, 1), cbr(160, 128, 1)), *_asym(128, 128)),
+        cbr(c_in, c128, 1),
+        _Then(cbr(c_in, c128, 1), *_asym(c128, c128)),
+        _Then(nn.Sequential(cbr(c_in, c160, 1), cbr(c160, c128, 1)), *_asym(c128, c128)),
         nn.Sequential(
-            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), cbr(c_in, 108, (3, 1))
+            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), cbr(c_in, c108, (3, 1))
         ),
     )
-    return block, 748
+    return block, 5 * c128 + c108
 
 
 def _w(width: float, channels: int) -> int:
@@ -168,7 +182,7 @@ def _dropout(c_in: int, p: float) -> tuple[nn.Module, int]:
 # args, whether the block needs a spatial (N, C, H, W) input)
 BLOCKS: dict[str, tuple[Callable[..., tuple[nn.Module, int]], tuple[int, ...], int, int, bool]] = {
     "cbr": (_cbr_block, (0, 1, 2), 0, 3, True),
-    "inception": (inception_cifar, (), 0, 0, True),
+    "inception": (inception_cifar, (1,), 0, 2, True),
     "inception_c": (inception_c, (), 0, 1, True),
     "inception_d": (inception_d, (), 0, 1, True),
     "inception_e": (inception_e, (), 0, 1, True),
