@@ -105,7 +105,9 @@ def test_inception_width_and_alignment():
         extra = channels - 748
         assert n_params(block) - n_params(paper) == extra * (64 * 3 + 2)
     assert build_branch("inception(0.5)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 374
-    assert build_branch("inception(0.4,8)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 5 * 56 + 48
+    assert (
+        build_branch("inception(0.4,8)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 5 * 56 + 48
+    )
     with pytest.raises(ValueError, match="must be an integer"):
         parse_layout("inception(1,2.5)")
     with pytest.raises(ValueError, match="0 to 2 arguments"):

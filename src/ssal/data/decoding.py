@@ -65,8 +65,6 @@ def _decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
     """One image to RGB uint8 (3, H, W): torchvision's decoders, else PIL (BMP, TIFF, ...).
     16-bit PNGs are scaled to 8 bits (the CPU path's PIL conversion clips them at 255, and so
     does the PIL fallback here)."""
-    import io
-
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as F
 
@@ -83,4 +81,3 @@ def _decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
     if img.dtype != torch.uint8:
         img = F.to_dtype(img, torch.uint8, scale=True)
     return img
-

@@ -108,7 +108,6 @@ _CIFAR_LAYOUTS: dict[str, _CifarLayout] = {
 }
 
 
-
 # --------------------------------------------------------------------------------------------
 # CIFAR
 # --------------------------------------------------------------------------------------------
@@ -399,4 +398,3 @@ def load_dataset(
     if key == "fashion-mnist":
         return load_fashion_mnist(data_dir, split)
     return load_cifar(DEFAULT_DATA_DIR if data_dir is None else data_dir, key, split, download)
-
