@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ssal.cli.common import console
+from ssal.cli.common import UserError, console
 
 __all__ = ["add_parser", "print_study", "run"]
 
@@ -23,6 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", type=int, help="runs at a time (default: one per device)")
     p.add_argument("--max-runs", type=int, help="stop after this many new runs")
     p.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="stop cleanly between runs when this time is spent: no run starts that is "
+        "expected to end later, one still going then is stopped and left for next time; "
+        "study.json, alone in a fresh --out, resumes the study (default: no limit)",
+    )
+    p.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="after --: options passed to every `ssal fit`"
     )
     p.set_defaults(func=run)
@@ -34,11 +41,26 @@ def run(args: argparse.Namespace) -> int:
     overrides = [a for a in (args.overrides or []) if a != "--"]
     runs = plan_runs(args.config, args.seeds, args.name, args.grid or [], overrides)
     out = console()
+    if args.budget_minutes is not None and args.budget_minutes <= 0:
+        raise UserError(f"--budget-minutes must be positive, got {args.budget_minutes:g}")
     summary = run_study(
-        runs, args.out, args.devices, args.baseline, args.max_runs, args.parallel, log=out.print
+        runs,
+        args.out,
+        args.devices,
+        args.baseline,
+        args.max_runs,
+        args.parallel,
+        log=out.print,
+        budget_minutes=args.budget_minutes,
     )
     print_study(summary, out)
     out.print(f"wrote {Path(args.out) / 'study.json'}")
+    stopped = summary.get("stopped")
+    if stopped:
+        out.print(
+            f"stopped by the {stopped['reason']}: {len(stopped['runs_left'])} runs left; run the "
+            "same command again (study.json alone in --out is enough) to go on"
+        )
     return 0
 
 
@@ -49,16 +71,16 @@ def print_study(summary: dict, out: Any = None) -> None:
     """
     from rich.table import Table
 
-    from ssal.report.study_page import config_rows, difference_rows, pair_rows
+    from ssal.report.study_page import config_rows, convergence_rows, difference_rows, pair_rows
 
     out = out or console()
     done = summary.get("finished_runs")
     runs = f"{done} of {summary.get('planned_runs')} runs, " if done is not None else ""
     t = Table(title=f"study: {runs}test accuracy, mean ± std over seeds")
-    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to base"):
+    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to base", "to 99.5%"):
         t.add_column(col, justify="left" if col == "config" else "right", no_wrap=col != "config")
-    for name, seeds, tr, jp, _alpha, reach, _seconds in config_rows(summary):
-        t.add_row(name, seeds, tr, jp, reach)
+    for name, seeds, tr, jp, _alpha, reach, reach_tol, _seconds in config_rows(summary):
+        t.add_row(name, seeds, tr, jp, reach, reach_tol)
     out.print(t)
     base = summary["baseline"]
     d = Table(title=f"minus {base}'s +TR, points: {summary['interval']}")
@@ -69,6 +91,15 @@ def print_study(summary: dict, out: Any = None) -> None:
         if jp != "-":
             d.add_row("", "+JP", jp, jp_shows, n)
     out.print(d)
+    rows = convergence_rows(summary)
+    if rows:
+        c = Table(title=f"epochs to {base}'s final +TR of the same seed, minus {base}'s")
+        for col in ("config", "at", "difference [95% CI]", "shows", "never", "seeds"):
+            c.add_column(col, justify="left" if col in ("config", "at") else "right")
+        for name, exact, exact_shows, tol, tol_shows, never, never_tol, n in rows:
+            c.add_row(name, "100%", exact, exact_shows, never, n)
+            c.add_row("", "99.5%", tol, tol_shows, never_tol, n)
+        out.print(c)
     if len(summary["configs"]) > 2:
         pt = Table(title="all pairs, b - a, points")
         for col in ("a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)"):
