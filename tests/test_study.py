@@ -202,7 +202,8 @@ def test_study_stopped_by_its_budget_resumes_from_study_json_alone(tmp_path, cap
     assert study("resumed") == 0  # nothing left to run
     assert {p: p.stat().st_mtime for p in first} == first
     printed = capsys.readouterr().out
-    assert "minus base's +TR" in printed and "+JP" in printed and "epochs to base" in printed
+    assert "minus base's +TR" in printed and "+JP" in printed
+    assert "epochs to base's final +TR of the same seed" in printed
 
     # the same summary as one uninterrupted study
     assert study("whole") == 0

@@ -22,6 +22,7 @@ __all__ = ["kernel_times", "profile_summary", "summary_table"]
 
 _NUMBERED = re.compile(r"_\d+$")
 _STEP = "ProfilerStep"
+_OUTSIDE = "(outside operators)"
 
 
 def _key(name: str) -> str:
@@ -33,10 +34,14 @@ def kernel_times(events: Iterable[Any]) -> tuple[dict[str, float], int, float]:
     number of steps; their mean wall time in ms (under the profiler).
 
     ``events``: ``torch.profiler`` function events. Device kernels (and copies) are counted
-    when there are any, else every operator's self CPU time.
+    when there are any. On a CPU, each ``aten::`` operator's self time, and the rest of the
+    steps' wall time as ``(outside operators)``: Python, Lightning's loop, the optimizer's
+    loop (annotations such as ``Optimizer.step`` enclose whole steps, so their self time is
+    not the optimizer's).
     """
     events = list(events)
     steps = [e for e in events if e.name.startswith(_STEP)]
+    wall_total = sum(e.time_range.elapsed_us() for e in steps) / 1000
     device = [e for e in events if "CPU" not in str(e.device_type)]
     times: Counter[str] = Counter()
     if device:
@@ -44,12 +49,10 @@ def kernel_times(events: Iterable[Any]) -> tuple[dict[str, float], int, float]:
             times[_key(e.name)] += e.time_range.elapsed_us() / 1000
     else:
         for e in events:
-            if not e.name.startswith(_STEP):
-                times[_key(e.name)] += e.self_cpu_time_total / 1000
-            else:
-                times[_STEP] += e.self_cpu_time_total / 1000  # the step's own Python time
-    wall = sum(e.time_range.elapsed_us() for e in steps) / 1000 / max(1, len(steps))
-    return dict(times), max(1, len(steps)), wall
+            if e.name.startswith("aten::"):
+                times[e.name] += e.self_cpu_time_total / 1000
+        times[_OUTSIDE] = max(0.0, wall_total - sum(times.values()))
+    return dict(times), max(1, len(steps)), wall_total / max(1, len(steps))
 
 
 def profile_summary(

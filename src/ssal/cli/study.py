@@ -71,16 +71,28 @@ def print_study(summary: dict, out: Any = None) -> None:
     """
     from rich.table import Table
 
-    from ssal.report.study_page import config_rows, convergence_rows, difference_rows, pair_rows
+    from ssal.report.study_page import (
+        config_rows,
+        convergence_rows,
+        difference_rows,
+        epochs_text,
+        pair_rows,
+    )
 
     out = out or console()
     done = summary.get("finished_runs")
     runs = f"{done} of {summary.get('planned_runs')} runs, " if done is not None else ""
-    t = Table(title=f"study: {runs}test accuracy, mean ± std over seeds")
-    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to base", "to 99.5%"):
-        t.add_column(col, justify="left" if col == "config" else "right", no_wrap=col != "config")
-    for name, seeds, tr, jp, _alpha, reach, reach_tol, _seconds in config_rows(summary):
-        t.add_row(name, seeds, tr, jp, reach, reach_tol)
+    t = Table(
+        title=f"study: {runs}test accuracy, mean ± std over seeds; epochs to the same seed's "
+        f"{summary['baseline']} final accuracy (and to 99.5% of it)"
+    )
+    t.add_column("config", min_width=12)
+    for col in ("seeds", "+TR (%)", "+JP (%)", "epochs", "99.5%"):
+        t.add_column(col, justify="right", no_wrap=True)
+    keys = ("epochs_to_baseline_final", "epochs_to_baseline_final_tolerance")
+    rows = config_rows(summary)
+    for (name, seeds, tr, jp, *_), c in zip(rows, summary["configs"].values(), strict=True):
+        t.add_row(name, seeds, tr, jp, *(epochs_text(c.get(k), per_seed=False) for k in keys))
     out.print(t)
     base = summary["baseline"]
     d = Table(title=f"minus {base}'s +TR, points: {summary['interval']}")

@@ -29,6 +29,8 @@ __all__ = [
     "convergence_rows",
     "difference_points",
     "difference_rows",
+    "epochs_text",
+    "epochs_verdict",
     "find_study",
     "pair_rows",
     "read_study",
@@ -142,10 +144,12 @@ def verdict(x: Mapping[str, Any]) -> str:
     return "no difference"
 
 
-def _epochs(reach: Mapping[str, Any] | None) -> str:
-    """Epochs to reach the target: mean ± std over seeds, each seed's value, never-reached."""
+def epochs_text(reach: Mapping[str, Any] | None, per_seed: bool = True) -> str:
+    """Epochs to reach the target: mean ± std over seeds, then (``per_seed``) each seed's."""
     if not reach or "counted" not in reach or not reach.get("n"):
         return "-"  # also a study.json from before per-seed convergence
+    if not per_seed:
+        return _ms(reach, scale=1.0, digits=1)
     seeds = "/".join("never" if r is None else str(r) for r in reach["per_seed"])
     return f"{_ms(reach, scale=1.0, digits=1)} ({seeds})"
 
@@ -162,8 +166,8 @@ def config_rows(summary: Mapping[str, Any]) -> list[list[str]]:
                 _ms(c["fine_accuracy"]),
                 _ms(c["joint_accuracy"]) if c.get("has_branches") else "-",
                 ", ".join(f"{a:g}" for a in c["alpha"]) if c.get("has_branches") else "-",
-                _epochs(c.get("epochs_to_baseline_final")),
-                _epochs(c.get("epochs_to_baseline_final_tolerance")),
+                epochs_text(c.get("epochs_to_baseline_final")),
+                epochs_text(c.get("epochs_to_baseline_final_tolerance")),
                 _ms(c.get("seconds"), scale=1.0, digits=0),
             ]
         )
