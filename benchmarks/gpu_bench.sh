@@ -3,9 +3,10 @@
 # informative first, each only while the time left allows it:
 #   1. WRN-28-10 + SSAL (and the bare backbone, a plain PyTorch loop, a kernel profile)
 #   2. ResNet-50 + SSAL, 3. DenseNet-190-40 + SSAL (CIFAR; the same, with profiles)
-#   4.-7. WRN-28-10 variants: inception blocks aligned to 752 channels, CUDA graphs
-#      (reduce-overhead), batch 256, max-autotune
-#   8.-9. ImageNet ResNet-50 + SSAL on a folder of JPEGs written here: decoding on 16 CPU
+#   4.-8. WRN-28-10 variants: inception blocks aligned to 752 channels, inception blocks whose
+#      three 1x1 convolutions on the input run as one, CUDA graphs (reduce-overhead), batch
+#      256, max-autotune
+#   9.-10. ImageNet ResNet-50 + SSAL on a folder of JPEGs written here: decoding on 16 CPU
 #      workers, then on the GPU (nvJPEG)
 # Rows already in $PREV for this GPU are skipped, so the same command in the next session
 # goes on where this one stopped.
@@ -47,35 +48,37 @@ log "set-up done on $GPU"
 if [ "$DEVICE" = cuda ]; then
   FAST="--device cuda --precision bf16-mixed --compile --channels-last --steps 20 --warmup 8"
   WRN="--model wrn28-10 --ssal --batch-size 128"
+  RESNET="--model resnet50 --ssal --batch-size 128"
+  DENSE="--model densenet190-40 --ssal --batch-size 128"
+  BIG="--model wrn28-10 --ssal --batch-size 256"
   IMNET="--model resnet50-imagenet --ssal --batch-size 128 --image-folder $WORK/jpeg --workers 16"
   JPEGS="1000 10 1"
-  A="cbr(128,5,2) cbr(128,3) cbr cbr inception(1,8) inception(1,8) gap"
-  B="cbr(128,5) cbr(128,3) cbr cbr gap dense(768)"
-  C="cbr(128,3) cbr(128,3) inception(1,8) inception(1,8) gap"
+  # the paper's WRN layouts with another inception block (INC is replaced below)
+  WIDE=("cbr(128,5,2) cbr(128,3) cbr cbr INC INC gap" "cbr(128,5) cbr(128,3) cbr cbr gap dense(768)"
+        "cbr(128,3) cbr(128,3) INC INC gap")
 else  # DEVICE=cpu: the same queue with tiny models and 2 steps, to catch mistakes here
   FAST="--device cpu --precision 32 --steps 2 --warmup 1"
   WRN="--model tiny-wrn --ssal --batch-size 8"
+  RESNET="--model tiny-resnet --ssal --batch-size 8"
+  DENSE="--model tiny-densenet --ssal --batch-size 8"
+  BIG="--model tiny-wrn --ssal --batch-size 16"
   IMNET="--model tiny-resnet --ssal --batch-size 4 --image-folder $WORK/jpeg --workers 2"
   JPEGS="10 2 1"
-  A="cbr(8,3) inception(0.25,8) gap"; B="cbr(8,3) gap dense(16)"; C="inception(0.25,8) gap"
+  WIDE=("cbr(8,3) INC gap" "cbr(8,3) gap dense(16)" "INC gap")
 fi
 QUEUE=(
   "wrn28-10|240|$WRN --profile $WORK/prof"
-  "resnet50|200|${WRN/wrn28-10/resnet50} --profile $WORK/prof"
-  "densenet190-40|240|${WRN/wrn28-10/densenet190-40} --profile $WORK/prof"
+  "resnet50|200|$RESNET --profile $WORK/prof"
+  "densenet190-40|240|$DENSE --profile $WORK/prof"
   "wrn28-10_inception752|150|$WRN --no-reference --layouts"
+  "wrn28-10_one-stem|150|$WRN --no-reference --layouts"
   "wrn28-10_cudagraphs|150|$WRN --no-reference --compile --compile-mode reduce-overhead"
-  "wrn28-10_b256|150|${WRN/128/256} --no-reference"
+  "wrn28-10_b256|150|$BIG --no-reference"
   "wrn28-10_max-autotune|300|$WRN --no-reference --compile --compile-mode max-autotune-no-cudagraphs"
   "imagenet_cpu-decode|300|$IMNET"
   "imagenet_gpu-decode|240|$IMNET --decode-on-device --no-reference"
 )
-if [ "$DEVICE" = cpu ]; then  # the tiny counterparts of the three CIFAR models
-  QUEUE[1]="resnet50|200|${WRN/tiny-wrn/tiny-resnet} --profile $WORK/prof"
-  QUEUE[2]="densenet190-40|240|${WRN/tiny-wrn/tiny-densenet} --profile $WORK/prof"
-  QUEUE[5]="wrn28-10_b256|150|${WRN/8/16} --no-reference"
-fi
-ITEMS=${ITEMS:-"wrn28-10 resnet50 densenet190-40 wrn28-10_inception752 wrn28-10_cudagraphs wrn28-10_b256 wrn28-10_max-autotune imagenet_cpu-decode imagenet_gpu-decode"}
+ITEMS=${ITEMS:-"wrn28-10 resnet50 densenet190-40 wrn28-10_inception752 wrn28-10_one-stem wrn28-10_cudagraphs wrn28-10_b256 wrn28-10_max-autotune imagenet_cpu-decode imagenet_gpu-decode"}
 
 done_before() {  # a row of this tag measured on this GPU already
   [ -f "$PREV" ] && "$PY" - "$PREV" "$1" "$GPU" <<'PY'
@@ -99,7 +102,8 @@ for tag in $ITEMS; do
     "$PY" benchmarks/jpeg_folder.py "$WORK/jpeg" $JPEGS >> "$OUT/log.txt" 2>&1
   fi
   args=(bench $FAST $opts)
-  [[ $tag == *_inception752 ]] && args+=("$A" "$B" "$C")
+  [[ $tag == *_inception752 ]] && args+=("${WIDE[@]//INC/inception(1,8)}")
+  [[ $tag == *_one-stem ]] && args+=("${WIDE[@]//INC/inception(1,1,1)}")
   rm -rf "$WORK/prof"
   log "$tag: ssal ${args[*]} (limit ${limit}s)"
   t0=$(date +%s)
@@ -120,4 +124,4 @@ PY
     { echo "== $tag"; cat "$WORK/prof/kernels.txt"; echo; } >> "$OUT/kernels.txt"
   fi
 done 2>> "$OUT/log.txt"
-log "done: $(wc -l < "$OUT/bench.jsonl" 2>/dev/null || echo 0) rows in $OUT/bench.jsonl"
+log "done: $(cat "$OUT/bench.jsonl" 2>/dev/null | wc -l) rows in $OUT/bench.jsonl"

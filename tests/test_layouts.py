@@ -110,5 +110,30 @@ def test_inception_width_and_alignment():
     )
     with pytest.raises(ValueError, match="must be an integer"):
         parse_layout("inception(1,2.5)")
-    with pytest.raises(ValueError, match="0 to 2 arguments"):
-        parse_layout("inception(1,8,1)")
+    with pytest.raises(ValueError, match="0 to 3 arguments"):
+        parse_layout("inception(1,8,1,1)")
+
+
+def test_inception_with_one_stem_is_the_same_function():
+    """inception(1,8,1) runs the three 1x1 convolutions on the input as one: with the
+    weights copied over, it computes what inception(1,8) computes, in training and eval."""
+    torch.manual_seed(0)
+    paper = build_branch("inception(1,8)", 24, 5)[0]
+    fused = build_branch("inception(1,8,1)", 24, 5)[0]
+    assert n_params(fused) == n_params(paper)
+    p1, p2, p3, p4 = paper.paths
+    stems = [p1, p2.stem, p3.stem[0]]  # each a cbr: conv, batch norm, ReLU
+    for i in (0, 1):  # the conv weight and the batch norm's parameters and statistics
+        for name, t in fused.stems[i].state_dict().items():
+            if name != "num_batches_tracked":
+                t.copy_(torch.cat([s[i].state_dict()[name] for s in stems]))
+    fused.asym2.load_state_dict(p2.split.state_dict())
+    fused.reduce3.load_state_dict(p3.stem[1].state_dict())
+    fused.asym3.load_state_dict(p3.split.state_dict())
+    fused.pool.load_state_dict(p4.state_dict())
+    x = torch.randn(4, 24, 6, 6)
+    for train in (True, False):
+        paper.train(train), fused.train(train)
+        assert torch.allclose(fused(x), paper(x), atol=1e-5)
+    with pytest.raises(ValueError, match="third argument"):
+        build_branch("inception(1,8,2)", 24, 5)

@@ -3,8 +3,9 @@
 Blocks (arguments in brackets, defaults after ``=``):
 
 - ``cbr(f=256, k=3, s=1)``: conv f filters k x k stride s, "same" padding, batch norm, ReLU.
-- ``inception(w=1, m=1)``: the paper's CIFAR branch block, four paths concatenated to 748
-  channels; widths scaled by ``w``, each path rounded up to a multiple of ``m``.
+- ``inception(w=1, m=1, s=0)``: the paper's CIFAR branch block, four paths concatenated to
+  748 channels; widths scaled by ``w``, each path rounded up to a multiple of ``m``; ``s=1``
+  runs the three 1x1 convolutions on the block's input as one (the same function).
 - ``inception_c(w=0.5)``, ``inception_d(w=0.5)``, ``inception_e(w=1)``: the reduced
   Inception-v3 blocks of type C, D (grid reduction) and E of the authors' ImageNet branches,
   every width scaled by ``w`` (256, 256 and 748 channels out at the defaults).
@@ -82,20 +83,51 @@ def _asym(c_in: int, c: int) -> tuple[nn.Module, nn.Module]:
     return cbr(c_in, c, (1, 3)), cbr(c_in, c, (3, 1))
 
 
-def inception_cifar(c_in: int, width: float = 1, multiple: float = 1) -> tuple[nn.Module, int]:
+class _InceptionOneStem(nn.Module):
+    """The CIFAR inception block with its three 1x1 convolutions that read the block's input
+    (128, 128 and 160 filters) run as one of 416 filters, then split: the same function with
+    the same parameters (batch norm is per channel), in fewer and larger kernels."""
+
+    def __init__(self, c_in: int, c128: int, c160: int, c108: int) -> None:
+        super().__init__()
+        self.sizes = [c128, c128, c160]
+        self.stems = cbr(c_in, 2 * c128 + c160, 1)
+        self.asym2 = _Concat(*_asym(c128, c128))
+        self.reduce3 = cbr(c160, c128, 1)
+        self.asym3 = _Concat(*_asym(c128, c128))
+        self.pool = nn.Sequential(
+            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), cbr(c_in, c108, (3, 1))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.stems(x).split(self.sizes, dim=1)
+        return torch.cat([a, self.asym2(b), self.asym3(self.reduce3(c)), self.pool(x)], dim=1)
+
+
+def inception_cifar(
+    c_in: int, width: float = 1, multiple: float = 1, one_stem: float = 0
+) -> tuple[nn.Module, int]:
     """The paper's CIFAR branch block: 128 + 256 + 256 + 108 = 748 channels out.
 
     ``width`` scales every path (branches in proportion to a narrower backbone); each path's
     channels are then rounded up to a multiple of ``multiple`` (tensor cores want multiples
     of 8: ``inception(1,8)`` gives 128 + 256 + 256 + 112 = 752 channels, ``inception(1,32)``
-    768). The defaults build the paper's block exactly.
+    768). ``one_stem`` 1 runs the three 1x1 convolutions on the input as one
+    (``_InceptionOneStem``: same function and parameters, other names in the state dict).
+    The defaults build the paper's block exactly.
     """
     m = int(multiple)
+    if one_stem not in (0, 1):
+        raise ValueError(
+            f"inception's third argument is 1 (one stem) or left out, got {one_stem:g}"
+        )
 
     def size(n: int) -> int:  # round() first: 0.4 * 160 is 64.00000000000001
         return max(m, math.ceil(round(width * n / m, 6)) * m)
 
     c128, c160, c108 = size(128), size(160), size(108)
+    if one_stem:
+        return _InceptionOneStem(c_in, c128, c160, c108), 5 * c128 + c108
     block = _Concat(
         cbr(c_in, c128, 1),
         _Then(cbr(c_in, c128, 1), *_asym(c128, c128)),
@@ -182,7 +214,7 @@ def _dropout(c_in: int, p: float) -> tuple[nn.Module, int]:
 # args, whether the block needs a spatial (N, C, H, W) input)
 BLOCKS: dict[str, tuple[Callable[..., tuple[nn.Module, int]], tuple[int, ...], int, int, bool]] = {
     "cbr": (_cbr_block, (0, 1, 2), 0, 3, True),
-    "inception": (inception_cifar, (1,), 0, 2, True),
+    "inception": (inception_cifar, (1, 2), 0, 3, True),
     "inception_c": (inception_c, (), 0, 1, True),
     "inception_d": (inception_d, (), 0, 1, True),
     "inception_e": (inception_e, (), 0, 1, True),
