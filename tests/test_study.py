@@ -185,6 +185,8 @@ def test_study_stopped_by_its_budget_resumes_from_study_json_alone(tmp_path, cap
     # the next session: study.json alone in a fresh folder; only the missing runs are run
     (tmp_path / "resumed").mkdir()
     shutil.copy(tmp_path / "stopped" / "study.json", tmp_path / "resumed" / "study.json")
+    assert study("resumed", "--max-runs", "1") == 0  # stopped between runs another way
+    assert json.loads((tmp_path / "resumed" / "study.json").read_text())["finished_runs"] == 3
     assert study("resumed") == 0
     assert sorted(p.parent.name for p in tmp_path.glob("resumed/*/seed*/eval.json")) == [
         "seed1",
