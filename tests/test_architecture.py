@@ -25,7 +25,7 @@ LAYERS = {
         "ssal.loggers", "ssal.lightning_cli",
     ],
     "report": ["ssal.report"],
-    "workflows": ["ssal.demo", "ssal.study", "ssal.bench"],
+    "workflows": ["ssal.demo", "ssal.study", "ssal.bench", "ssal.profiling"],
     "cli": ["ssal.cli"],
 }  # fmt: skip
 ENGINE_LIBRARIES = ("lightning", "torchmetrics", "rich", "matplotlib")

@@ -130,6 +130,80 @@ def test_bench_profile_shows_where_the_step_goes(tmp_path):
         table = (folder / "fit-profile.txt").read_text()
         assert "aten::convolution_backward" in table and "Optimizer.step" in table
         assert list(folder.glob("*.pt.trace.json"))  # for Perfetto / chrome://tracing
+    # the summary: the 15 most expensive operators (on a CPU) of one SSAL step, their share
+    # of it, and the branches' part
+    s = r["profile_summary"]
+    assert s["unit"] == "operators' self CPU time" and s["steps"] == 2 and len(s["top"]) == 15
+    shares = [row["share_of_step"] for row in s["top"]]
+    assert shares == sorted(shares, reverse=True) and s["top_share_of_step"] == pytest.approx(
+        sum(shares)
+    )
+    assert 0 < s["branch_share_of_kernel_time"] < 1 and s["kernel_ms_per_step"] > 0
+    assert s["backbone_kernel_ms_per_step"] < s["kernel_ms_per_step"]
+    for row in s["top"]:
+        extra = row["ms_per_step"] - row["backbone_ms_per_step"]
+        assert row["branch_ms_per_step"] == pytest.approx(max(0.0, extra))
+    text = (tmp_path / "prof" / "kernels.txt").read_text()
+    assert "aten::convolution_backward" in text and "of the SSAL step's time" in text
+
+
+def test_profile_summary_splits_kernels_by_hand():
+    from types import SimpleNamespace
+
+    from ssal.profiling import profile_summary
+
+    def kernel(name, us):
+        span = SimpleNamespace(elapsed_us=lambda: us)
+        return SimpleNamespace(name=name, device_type="DeviceType.CUDA", time_range=span)
+
+    def step(us):
+        span = SimpleNamespace(elapsed_us=lambda: us)
+        return SimpleNamespace(name="ProfilerStep#3", device_type="DeviceType.CPU", time_range=span)
+
+    # two SSAL steps: a conv kernel the backbone also runs (less of it), a fused kernel
+    # numbered differently in each graph, and one only the branches run
+    model = [step(1000), step(1000), kernel("sm90_conv", 600), kernel("sm90_conv", 600)]
+    model += [kernel("triton_poi_fused_relu_7", 100), kernel("triton_red_fused_cat_3", 300)]
+    backbone = [step(700), kernel("sm90_conv", 400), kernel("triton_poi_fused_relu_2", 100)]
+    s = profile_summary(model, backbone)
+    rows = {r["kernel"]: r for r in s["top"]}
+    assert s["unit"] == "device kernels" and s["steps"] == 2
+    assert s["kernel_ms_per_step"] == pytest.approx(0.8)  # (1200 + 100 + 300) us / 2 steps
+    assert rows["sm90_conv"]["ms_per_step"] == pytest.approx(0.6)
+    assert rows["sm90_conv"]["branch_ms_per_step"] == pytest.approx(0.2)
+    assert rows["sm90_conv"]["where"] == "both (33% branches)"
+    assert rows["triton_red_fused_cat"]["where"] == "branches"
+    assert rows["triton_poi_fused_relu"]["branch_ms_per_step"] == 0  # 0.05 ms vs 0.1 ms
+    assert rows["triton_poi_fused_relu"]["where"] == "backbone"
+    assert s["branch_ms_per_step"] == pytest.approx(0.2 + 0.15)
+    assert s["branch_share_of_kernel_time"] == pytest.approx(0.35 / 0.8)
+    assert s["branch_only_kernels"] == 1 and s["step_wall_ms_profiled"] == pytest.approx(1.0)
+
+
+def test_bench_on_an_image_folder_with_layouts(tmp_path):
+    from ssal.bench import run_bench
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path / "images", jpeg=True)
+    r = run_bench(
+        "tiny-wrn",
+        ssal=True,
+        batch_size=2,
+        steps=2,
+        warmup=1,
+        image_folder=tmp_path / "images",
+        workers=0,
+        layouts=["cbr(8,3) inception(0.25,8) gap"],
+    )
+    assert r["num_classes"] == 2 and r["image_folder"] == str(tmp_path / "images")
+    assert r["input_size"] == [3, 32, 32] and r["decode_on_device"] is False
+    assert r["layouts"] == ["cbr(8,3) inception(0.25,8) gap"]
+    assert r["train_images_per_s"] > 0 and r["reference_train_images_per_s"] > 0
+    assert r["reference_workers"] == 0 and "projected_run_hours" not in r
+    with pytest.raises(ValueError, match="1 or 3 branch layouts"):
+        run_bench("tiny-wrn", ssal=True, layouts=["gap", "gap"])
+    with pytest.raises(FileNotFoundError, match="train/<class>"):
+        run_bench("tiny-wrn", image_folder=tmp_path / "nowhere")
 
 
 def test_compile_mode_is_checked():
@@ -144,3 +218,5 @@ def test_compile_mode_is_checked():
 def test_compile_mode_needs_compile(capsys):
     assert main(["bench", "--model", "small-cnn", "--compile-mode", "max-autotune"]) == 2
     assert "--compile-mode needs --compile" in capsys.readouterr().err
+    assert main(["bench", "--model", "small-cnn", "--decode-on-device"]) == 2
+    assert "need --image-folder" in capsys.readouterr().err

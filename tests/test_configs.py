@@ -168,11 +168,51 @@ def test_imagenet_config_trains_a_step(kind, small_data, tmp_path, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "fashion-mnist").glob("*.yaml")))
+@pytest.mark.parametrize("path", sorted((CONFIGS / "fashion-mnist").rglob("*.yaml")))
 def test_fashion_mnist_configs_parse(path):
     cfg = load(path)
     assert cfg["data"]["init_args"]["dataset"] == "fashion-mnist"
-    assert cfg["model"]["model"] in ("small-cnn", "wrn-16-4")
+    assert cfg["model"]["model"] in ("small-cnn", "wrn-16-4", "wrn-16-8")
+
+
+def test_gpu_study_configs_differ_only_in_groupings_and_have_proportionate_branches():
+    """The three GPU study configs share every setting but the groupings; the batch and the
+    learning rate are scaled together; the halved branch layouts hold the share of the model
+    the paper's layouts hold on WRN-28-10 (15% of the parameters, 24% of the forward FLOPs)."""
+    import torch
+
+    from ssal.backbones.registry import create_model, default_groupings
+    from ssal.bench import count_flops
+    from ssal.loss import SSALLoss
+
+    folder = CONFIGS / "fashion-mnist" / "study-gpu"
+    base, similar, split = (load(folder / f"wrn-16-8_{k}.yaml") for k in KINDS)
+    assert similar["model"]["auto_mode"] == "similar" and split["model"]["auto_mode"] == "split"
+    for cfg in (base, split):
+        assert cfg["trainer"] == similar["trainer"] and cfg["data"] == similar["data"]
+    keep = ("groupings", "auto_groups", "auto_mode", "probe_epochs", "alpha", "layouts")
+    strip = lambda m: {k: v for k, v in m.items() if k not in keep}  # noqa: E731
+    assert strip(base["model"]) == strip(similar["model"]) == strip(split["model"])
+    assert similar["model"]["layouts"] == split["model"]["layouts"]
+    batch = similar["data"]["init_args"]["batch_size"]
+    assert similar["model"]["lr"] == pytest.approx(0.05 * batch / 128)
+
+    def shares(name, classes, groups, shape, layouts=None):
+        g = default_groupings(classes, groups)
+        x, y = torch.randn(2, *shape), torch.arange(2) % classes
+        bare = count_flops(create_model(name, classes, in_channels=shape[0]), SSALLoss(), x, y)
+        model = create_model(name, classes, g, in_channels=shape[0], layouts=layouts)
+        full = count_flops(model, SSALLoss(g, [1.0] * 3), x, y)
+        params = model.num_parameters()
+        return params["branches"] / params["total"], 1 - bare["forward"] / full["forward"]
+
+    paper = shares("wrn28-10", 100, (20, 33, 50), (3, 32, 32))
+    ours = shares("wrn-16-8", 10, (2, 3, 5), (1, 28, 28), similar["model"]["layouts"])
+    assert ours == pytest.approx(paper, abs=0.01)
+    assert ours == pytest.approx((0.15, 0.24), abs=0.01)
+
+
+KINDS = ("baseline", "ssal-similar", "ssal-split")
 
 
 @pytest.mark.parametrize(

@@ -126,3 +126,49 @@ def test_gap_added_and_dense_after_gap():
 def test_layout_errors(layout, match):
     with pytest.raises(ValueError, match=match):
         build_branch(layout, 8, 3)
+
+
+def test_inception_width_and_alignment():
+    # the defaults are the paper's block; (1,8) pads the 108-channel path to 112 (752 out),
+    # (1,32) to 128 (768 out); (0.5) halves every path: 64 + 128 + 128 + 54
+    paper = build_branch("inception", 64, 5)[0]
+    assert parse_layout("inception(1,8)") == [Block("inception", (1, 8))]
+    for layout, channels in (("inception(1,8)", 752), ("inception(1,32)", 768)):
+        block = build_branch(layout, 64, 5)[0]
+        assert block(torch.randn(2, 64, 4, 4)).shape == (2, channels, 4, 4)
+        # only the pooled path grows: its 3x1 conv (64 * 3 per channel) and batch norm
+        extra = channels - 748
+        assert n_params(block) - n_params(paper) == extra * (64 * 3 + 2)
+    assert build_branch("inception(0.5)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 374
+    assert (
+        build_branch("inception(0.4,8)", 64, 5)[0](torch.randn(1, 64, 4, 4)).shape[1] == 5 * 56 + 48
+    )
+    with pytest.raises(ValueError, match="must be an integer"):
+        parse_layout("inception(1,2.5)")
+    with pytest.raises(ValueError, match="0 to 3 arguments"):
+        parse_layout("inception(1,8,1,1)")
+
+
+def test_inception_with_one_stem_is_the_same_function():
+    """inception(1,8,1) runs the three 1x1 convolutions on the input as one: with the
+    weights copied over, it computes what inception(1,8) computes, in training and eval."""
+    torch.manual_seed(0)
+    paper = build_branch("inception(1,8)", 24, 5)[0]
+    fused = build_branch("inception(1,8,1)", 24, 5)[0]
+    assert n_params(fused) == n_params(paper)
+    p1, p2, p3, p4 = paper.paths
+    stems = [p1, p2.stem, p3.stem[0]]  # each a cbr: conv, batch norm, ReLU
+    for i in (0, 1):  # the conv weight and the batch norm's parameters and statistics
+        for name, t in fused.stems[i].state_dict().items():
+            if name != "num_batches_tracked":
+                t.copy_(torch.cat([s[i].state_dict()[name] for s in stems]))
+    fused.asym2.load_state_dict(p2.split.state_dict())
+    fused.reduce3.load_state_dict(p3.stem[1].state_dict())
+    fused.asym3.load_state_dict(p3.split.state_dict())
+    fused.pool.load_state_dict(p4.state_dict())
+    x = torch.randn(4, 24, 6, 6)
+    for train in (True, False):
+        paper.train(train), fused.train(train)
+        assert torch.allclose(fused(x), paper(x), atol=1e-5)
+    with pytest.raises(ValueError, match="third argument"):
+        build_branch("inception(1,8,2)", 24, 5)

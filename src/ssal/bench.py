@@ -4,8 +4,11 @@ Our path is the real one: ``SSALModule`` under Lightning's ``Trainer`` with the 
 datamodule (uint8 batches, augmentation and normalisation on the device), with the chosen
 precision, ``torch.compile`` and channels_last. The reference is what a user writes by hand:
 fp32, eager, a ``DataLoader`` over uint8 images with torchvision transforms on the CPU, plain
-SGD. Both see synthetic images of the model's input size. FLOPs are counted with
-``torch.utils.flop_counter``; MFU is achieved FLOP/s over the device's peak for the precision.
+SGD. Both see synthetic images of the model's input size, or, with ``image_folder``, the
+JPEG files of an image folder (ours: ``ImageFolderDataModule``, decoding on the CPU workers or
+on the device; the reference: torchvision's ``ImageFolder`` with per-sample transforms), so
+the rate includes decoding. FLOPs are counted with ``torch.utils.flop_counter``; MFU is
+achieved FLOP/s over the device's peak for the precision.
 """
 
 from __future__ import annotations
@@ -176,7 +179,7 @@ class _Setup:
 
     model: str
     classes: int
-    data: ImageArrays
+    data: ImageArrays | None  # synthetic images, or None for an image folder
     batch: int
     steps: int
     warmup: int
@@ -185,6 +188,27 @@ class _Setup:
     compile: bool
     channels_last: bool
     compile_mode: str | None
+    shape: tuple[int, int, int] = (3, 32, 32)
+    layouts: tuple[str, ...] | None = None
+    image_folder: str | None = None
+    decode_on_device: bool = False
+    workers: int = 0
+
+    def datamodule(self) -> Any:
+        """Our path's datamodule: the synthetic arrays in memory, or the image folder."""
+        if self.image_folder is None:
+            assert self.data is not None
+            return _SyntheticData(self.data, self.batch, None)
+        from ssal.data.image_folder import ImageFolderDataModule
+
+        return ImageFolderDataModule(
+            self.image_folder,
+            image_size=self.shape[-1],
+            batch_size=self.batch,
+            eval_batch_size=self.batch,
+            num_workers=self.workers,
+            decode_on_device=self.decode_on_device,
+        )
 
 
 def _ours(
@@ -192,29 +216,29 @@ def _ours(
     groupings_file: str | None,
     measure_eval: bool = True,
     profile: Path | None = None,
-) -> dict[str, float]:
-    """Our path: ``SSALModule`` under Lightning's ``Trainer`` with the in-memory datamodule."""
-    name, classes, data, batch = setup.model, setup.classes, setup.data, setup.batch
+) -> dict[str, Any]:
+    """Our path: ``SSALModule`` under Lightning's ``Trainer`` with the in-memory datamodule
+    (or the image folder's). With ``profile``, ``events`` holds the profiler's events."""
+    batch, device, precision = setup.batch, setup.device, setup.precision
     steps = min(setup.steps, 5) if profile else setup.steps
-    warmup, device, precision = setup.warmup, setup.device, setup.precision
-    compile, channels_last, compile_mode = setup.compile, setup.channels_last, setup.compile_mode
     module = SSALModule(
-        name,
-        classes,
-        in_channels=data.images.shape[1],
+        setup.model,
+        setup.classes,
+        in_channels=setup.shape[0],
         groupings=groupings_file,
+        layouts=list(setup.layouts) if setup.layouts and groupings_file else None,
         lr=0.01,
         warmup_epochs=1,
-        compile=compile,
-        compile_mode=compile_mode,
-        channels_last=channels_last,
+        compile=setup.compile,
+        compile_mode=setup.compile_mode,
+        channels_last=setup.channels_last,
     )
-    timer = _Timer(warmup)
+    timer = _Timer(setup.warmup)
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
         precision=precision,
-        max_steps=warmup + steps,
+        max_steps=setup.warmup + steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -223,14 +247,14 @@ def _ours(
         num_sanity_val_steps=0,
         callbacks=[timer],
         benchmark=device.type == "cuda",  # cuDNN picks kernels for each conv shape by timing
-        profiler=_profiler(profile, device, warmup, steps) if profile else None,
+        profiler=_profiler(profile, device, setup.warmup, steps) if profile else None,
     )
-    dm = _SyntheticData(data, batch, None)
+    dm = setup.datamodule()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.fit(module, dm)
     seconds = timer.end - timer.start
-    result = {
+    result: dict[str, Any] = {
         "train_images_per_s": timer.steps * batch / seconds,
         "train_step_ms": 1000 * seconds / timer.steps,
         "peak_memory_bytes": (
@@ -239,16 +263,26 @@ def _ours(
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         ),
     }
-    if not measure_eval:
-        return result
-    # Evaluation: the same network (compiled when asked) in eval mode, no gradients. Lightning
-    # moves the module back to the CPU when fit ends.
-    module.to(device)
-    net = module._forward_net().eval() if compile else module.net.eval()
-    dtype = torch.bfloat16 if precision.startswith("bf16") else None
-    images = data.images[:batch].to(device)
-    x = dm.prepare_batch(images, False)
-    if channels_last:
+    if profile:
+        result["events"] = trainer.profiler.function_events
+    if measure_eval:
+        result["eval_images_per_s"] = _eval_speed(setup, module, dm)
+    return result
+
+
+def _eval_speed(setup: _Setup, module: SSALModule, dm: Any) -> float:
+    """Evaluation images/s of the same network (compiled when asked) in eval mode, without
+    gradients, on one prepared batch (decoding not included)."""
+    device, batch, warmup, steps = setup.device, setup.batch, setup.warmup, setup.steps
+    module.to(device)  # Lightning moves the module back to the CPU when fit ends
+    net = module._forward_net().eval() if setup.compile else module.net.eval()
+    dtype = torch.bfloat16 if setup.precision.startswith("bf16") else None
+    if setup.data is not None:
+        images = setup.data.images[:batch]
+    else:
+        images = next(iter(dm.val_dataloader()))[0]
+    x = dm.prepare_batch(images.to(device), False)
+    if setup.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for i in range(warmup + steps):
@@ -257,8 +291,7 @@ def _ours(
                 t = time.perf_counter()
             net(x)
         _sync(device)
-    result["eval_images_per_s"] = steps * batch / (time.perf_counter() - t)
-    return result
+    return steps * x.shape[0] / (time.perf_counter() - t)
 
 
 class _PerSample(Dataset):
@@ -274,38 +307,56 @@ class _PerSample(Dataset):
         return self.transform(self.arrays.images[i]), self.arrays.labels[i]
 
 
-def _reference(
-    name: str,
-    classes: int,
-    groupings: list | None,
-    data: ImageArrays,
-    batch: int,
-    steps: int,
-    warmup: int,
-    device: torch.device,
-    workers: int,
-) -> float:
+def _reference_loader(setup: _Setup, workers: int) -> DataLoader:
+    """What a hand-written loop loads with: per-sample torchvision transforms on the CPU
+    (shift/flip of uint8 arrays, or ImageNet's decode + RandomResizedCrop + flip)."""
     from torchvision.transforms import v2
 
-    c, h, _ = data.images.shape[1:]
-    transform = v2.Compose(
-        [
-            v2.RandomCrop(h, padding=min(5, h // 4), padding_mode="reflect"),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.5] * c, [0.25] * c),
-        ]
-    )
-    loader = DataLoader(
-        _PerSample(data, transform),
-        batch_size=batch,
+    c, h, _ = setup.shape
+    if setup.image_folder is not None:
+        from torchvision.datasets import ImageFolder
+
+        transform = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.RandomResizedCrop(h, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
+        dataset: Dataset = ImageFolder(str(Path(setup.image_folder) / "train"), transform)
+    else:
+        assert setup.data is not None
+        transform = v2.Compose(
+            [
+                v2.RandomCrop(h, padding=min(5, h // 4), padding_mode="reflect"),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([0.5] * c, [0.25] * c),
+            ]
+        )
+        dataset = _PerSample(setup.data, transform)
+    return DataLoader(
+        dataset,
+        batch_size=setup.batch,
         shuffle=True,
         drop_last=True,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=setup.device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    model = create_model(name, classes, groupings, in_channels=c).to(device).train()
+
+
+def _reference(setup: _Setup, groupings: list | None, workers: int) -> float:
+    """Training images/s of a plain PyTorch loop: fp32, eager, plain SGD."""
+    device, warmup, steps = setup.device, setup.warmup, setup.steps
+    loader = _reference_loader(setup, workers)
+    layouts = list(setup.layouts) if setup.layouts and groupings else None
+    model = create_model(
+        setup.model, setup.classes, groupings, in_channels=setup.shape[0], layouts=layouts
+    )
+    model = model.to(device).train()
     loss_fn = SSALLoss(groupings or [], [1.0] * len(groupings or [])).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     done, t = 0, None
@@ -322,7 +373,7 @@ def _reference(
             if done == warmup + steps:
                 break
     _sync(device)
-    return steps * batch / (time.perf_counter() - t)
+    return steps * setup.batch / (time.perf_counter() - t)
 
 
 def run_bench(
@@ -341,51 +392,38 @@ def run_bench(
     reference_workers: int | None = None,
     compile_mode: str | None = None,
     profile: str | Path | None = None,
+    layouts: list[str] | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    image_folder: str | Path | None = None,
+    decode_on_device: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Measure one model; returns the JSON document of ``ssal bench``.
 
     ``profile``: a folder for operator tables and traces of a few extra, untimed steps of our
-    path (``model/`` and, with ``ssal``, ``backbone/``), to see where a step's time goes.
+    path (``model/`` and, with ``ssal``, ``backbone/``), and ``kernels.txt``: the most
+    expensive kernels of one SSAL step and the branches' part of each (``profile_summary``
+    in the result). ``layouts``: branch layouts instead of the model's own; ``input_size``:
+    ``(C, H, W)`` of the synthetic images. ``image_folder``: train on the JPEGs of
+    ``DIR/train/<class>/`` (``DIR/val/`` for evaluation) with ``workers`` loader processes
+    (default: one per core), decoding on the device with ``decode_on_device``.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    precision = {"32": "32-true", "bf16": "bf16-mixed"}.get(precision, precision)
-    if precision not in ("32-true", "bf16-mixed"):
-        raise ValueError(f"precision must be 32 or bf16-mixed, got {precision!r}")
-    if steps < 1 or warmup < 1 or batch_size < 1:
-        raise ValueError("steps, warmup and batch size must be >= 1")
-    entry = get_entry(model)
-    classes = num_classes or (
-        1000 if model.endswith("imagenet") else 10 if model == "small-cnn" else 100
-    )
-    groupings = default_groupings(classes, entry.group_sizes(classes)) if ssal else None
-    data = _synthetic(batch_size * min(warmup + steps, 40), entry.input_size, classes)
-    setup = _Setup(
-        model,
-        classes,
-        data,
-        batch_size,
-        steps,
-        warmup,
-        dev,
-        precision,
-        compile,
-        channels_last,
-        compile_mode if compile else None,
-    )
+    setup, groupings = _make_setup(
+        model, ssal, batch_size, steps, warmup, device, precision, compile, channels_last,
+        num_classes, compile_mode, layouts, input_size, image_folder, decode_on_device, workers,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         gfile = str(save_groupings(Path(tmp) / "g.json", groupings)) if groupings else None
         result = _measure(setup, groupings, gfile, peak_tflops)
         if profile:
-            runs = [("model", gfile)] + ([("backbone", None)] if ssal else [])
-            result["profile"] = {}
-            for part, g in runs:
-                _ours(setup, g, measure_eval=False, profile=Path(profile) / part)
-                result["profile"][part] = str(Path(profile) / part)
+            result.update(_profile(setup, gfile, Path(profile), result["train_step_ms"]))
         result["ssal"] = ssal
+        result["layouts"] = list(layouts) if layouts else None
+        result["image_folder"] = str(image_folder) if image_folder else None
+        result["decode_on_device"] = decode_on_device if image_folder else None
         result.update(_reference_speed(setup, groupings, reference, reference_workers, result))
-    if entry.paper_run:
+    entry = get_entry(model)
+    if entry.paper_run and not layouts and not input_size:
         epochs, n_train, n_test = entry.paper_run
         epoch_s = n_train / result["train_images_per_s"] + n_test / result["eval_images_per_s"]
         result["paper_run"] = {"epochs": epochs, "train_images": n_train, "test_images": n_test}
@@ -394,18 +432,102 @@ def run_bench(
     return result
 
 
+def _make_setup(
+    model: str,
+    ssal: bool,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    precision: str,
+    compile: bool,
+    channels_last: bool,
+    num_classes: int | None,
+    compile_mode: str | None,
+    layouts: list[str] | None,
+    input_size: tuple[int, int, int] | None,
+    image_folder: str | Path | None,
+    decode_on_device: bool,
+    workers: int | None,
+) -> tuple[_Setup, list | None]:
+    """Check the options; the shared setup of every timed run, and the placeholder groupings."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    precision = {"32": "32-true", "bf16": "bf16-mixed"}.get(precision, precision)
+    if precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"precision must be 32 or bf16-mixed, got {precision!r}")
+    if steps < 1 or warmup < 1 or batch < 1:
+        raise ValueError("steps, warmup and batch size must be >= 1")
+    entry = get_entry(model)
+    shape = tuple(input_size or entry.input_size)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input size must be C H W, all >= 1, got {shape}")
+    classes = num_classes or (
+        1000 if model.endswith("imagenet") else 10 if model == "small-cnn" else 100
+    )
+    if image_folder is not None:
+        train = Path(image_folder) / "train"
+        if not train.is_dir():
+            raise FileNotFoundError(f"image folder {train} not found (want train/<class>/*)")
+        classes = sum(1 for d in train.iterdir() if d.is_dir())
+    groupings = default_groupings(classes, entry.group_sizes(classes)) if ssal else None
+    if layouts and groupings and len(layouts) not in (1, len(groupings)):
+        raise ValueError(f"give 1 or {len(groupings)} branch layouts, got {len(layouts)}")
+    from ssal.data.image_folder import default_workers
+
+    setup = _Setup(
+        model, classes,
+        None if image_folder else _synthetic(batch * min(warmup + steps, 40), shape, classes),
+        batch, steps, warmup, dev, precision, compile, channels_last,
+        compile_mode if compile else None, shape,  # type: ignore[arg-type]
+        tuple(layouts) if layouts else None,
+        str(image_folder) if image_folder else None, decode_on_device,
+        default_workers(limit=64) if workers is None else workers,
+    )  # fmt: skip
+    return setup, groupings
+
+
+def _profile(setup: _Setup, gfile: str | None, folder: Path, step_ms: float) -> dict[str, Any]:
+    """Profile a few steps of the SSAL model (and the bare backbone): tables and traces in
+    ``folder/{model,backbone}/``, the kernel summary in ``folder/kernels.txt``."""
+    from ssal.files import write_text
+    from ssal.profiling import profile_summary, summary_table
+
+    parts = [("model", gfile)] + ([("backbone", None)] if gfile else [])
+    events = {}
+    for part, g in parts:
+        events[part] = _ours(setup, g, measure_eval=False, profile=folder / part)["events"]
+    summary = profile_summary(events["model"], events.get("backbone"))
+    summary["busy_fraction"] = summary["kernel_ms_per_step"] / step_ms
+    title = (
+        f"{setup.model}{' +SSAL' if gfile else ''}, {setup.device.type}, {setup.precision}, "
+        f"batch {setup.batch}{', compile' if setup.compile else ''}"
+        f"{f' ({setup.compile_mode})' if setup.compile_mode else ''}"
+        f"{', channels_last' if setup.channels_last else ''}: one training step, "
+        f"{step_ms:.2f} ms measured without the profiler"
+    )
+    write_text(folder / "kernels.txt", summary_table(summary, title))
+    return {
+        "profile": {part: str(folder / part) for part, _ in parts},
+        "profile_summary": summary,
+    }
+
+
 def _measure(
     setup: _Setup, groupings: list | None, gfile: str | None, peak_tflops: float | None
 ) -> dict[str, Any]:
     """FLOPs, parameters, our speed (and the bare backbone's, for the branches' share), MFU."""
     dev, classes, name = setup.device, setup.classes, setup.model
-    flops_model = create_model(name, classes, groupings).to(dev)
+    layouts = list(setup.layouts) if setup.layouts and groupings else None
+    build = dict(in_channels=setup.shape[0], layouts=layouts)
+    flops_model = create_model(name, classes, groupings, **build).to(dev)
     loss_fn = SSALLoss(groupings or [], [1.0] * len(groupings or [])).to(dev)
-    xb = torch.randn(min(setup.batch, 8), *setup.data.images.shape[1:], device=dev)
+    xb = torch.randn(min(setup.batch, 8), *setup.shape, device=dev)
     yb = torch.arange(xb.shape[0], device=dev) % classes
     flops = count_flops(flops_model, loss_fn, xb, yb)
     del flops_model
-    params = create_model(name, classes, groupings).num_parameters()
+    params = create_model(name, classes, groupings, **build).num_parameters()
     ours = _ours(setup, gfile)
     peak, source = _peak_flops(dev, setup.precision, peak_tflops)
     result: dict[str, Any] = {
@@ -421,6 +543,7 @@ def _measure(
         "steps": setup.steps,
         "warmup_steps": setup.warmup,
         "num_classes": classes,
+        "input_size": list(setup.shape),
         "params": params["total"],
         "params_branches": params["branches"],
         **ours,
@@ -452,18 +575,11 @@ def _reference_speed(
     if not reference:
         return {"reference_train_images_per_s": None, "speedup": None}
     if workers is None:
-        workers = min(8, (os.cpu_count() or 2) // 2) if setup.device.type == "cuda" else 0
-    ref = _reference(
-        setup.model,
-        setup.classes,
-        groupings,
-        setup.data,
-        setup.batch,
-        setup.steps,
-        setup.warmup,
-        setup.device,
-        workers,
-    )
+        if setup.image_folder is not None:
+            workers = setup.workers  # decoding JPEGs: as many workers as ours
+        else:
+            workers = min(8, (os.cpu_count() or 2) // 2) if setup.device.type == "cuda" else 0
+    ref = _reference(setup, groupings, workers)
     return {
         "reference_train_images_per_s": ref,
         "reference_workers": workers,

@@ -15,8 +15,10 @@ Blocks (arguments in brackets, defaults after ``=``):
 
 - ``cbr(f=256, k=3, s=1, p)``: conv f filters k x k stride s, batch norm, ReLU; padding p on
   every side, or "same" when p is left out.
-- ``inception``: the paper's CIFAR branch block, four paths concatenated to 748 channels (its
-  3x3 average pool, as Keras', leaves the padding out of the average).
+- ``inception(w=1, m=1, s=0)``: the paper's CIFAR branch block, four paths concatenated to
+  748 channels (its 3x3 average pool, as Keras', leaves the padding out of the average);
+  widths scaled by ``w``, each path rounded up to a multiple of ``m``; ``s=1`` runs the three
+  1x1 convolutions on the block's input as one (the same function).
 - ``inception_c(w=0.5)``, ``inception_d(w=0.5)``, ``inception_e(w=1)``: the authors' reduced
   Inception-v3 blocks of type C, D (grid reduction) and E of their ImageNet branches, every
   width scaled by ``w`` (256, 256 and 748 channels out at the defaults). As theirs: D's
@@ -33,6 +35,7 @@ layout leaves the features spatial.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -113,21 +116,66 @@ def _asym(style: Style, c_in: int, c: int) -> tuple[nn.Module, nn.Module]:
     return cbr(c_in, c, (1, 3), style=style), cbr(c_in, c, (3, 1), style=style)
 
 
-def inception_cifar(style: Style, c_in: int) -> tuple[nn.Module, int]:
-    """The paper's CIFAR branch block: 128 + 256 + 256 + 108 = 748 channels out."""
-    block = _Concat(
-        cbr(c_in, 128, 1, style=style),
-        _Then(cbr(c_in, 128, 1, style=style), *_asym(style, 128, 128)),
-        _Then(
-            nn.Sequential(cbr(c_in, 160, 1, style=style), cbr(160, 128, 1, style=style)),
-            *_asym(style, 128, 128),
-        ),
-        nn.Sequential(
-            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
-            cbr(c_in, 108, (3, 1), style=style),
-        ),
+class _InceptionOneStem(nn.Module):
+    """The CIFAR inception block with its three 1x1 convolutions that read the block's input
+    (128, 128 and 160 filters) run as one of 416 filters, then split: the same function with
+    the same parameters (batch norm is per channel), in fewer and larger kernels."""
+
+    def __init__(self, style: Style, c_in: int, c128: int, c160: int, c108: int) -> None:
+        super().__init__()
+        self.sizes = [c128, c128, c160]
+        self.stems = cbr(c_in, 2 * c128 + c160, 1, style=style)
+        self.asym2 = _Concat(*_asym(style, c128, c128))
+        self.reduce3 = cbr(c160, c128, 1, style=style)
+        self.asym3 = _Concat(*_asym(style, c128, c128))
+        self.pool = _inception_pool(style, c_in, c108)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.stems(x).split(self.sizes, dim=1)
+        return torch.cat([a, self.asym2(b), self.asym3(self.reduce3(c)), self.pool(x)], dim=1)
+
+
+def _inception_pool(style: Style, c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+        cbr(c_in, c_out, (3, 1), style=style),
     )
-    return block, 748
+
+
+def inception_cifar(
+    style: Style, c_in: int, width: float = 1, multiple: float = 1, one_stem: float = 0
+) -> tuple[nn.Module, int]:
+    """The paper's CIFAR branch block: 128 + 256 + 256 + 108 = 748 channels out.
+
+    ``width`` scales every path (branches in proportion to a narrower backbone); each path's
+    channels are then rounded up to a multiple of ``multiple`` (tensor cores want multiples
+    of 8: ``inception(1,8)`` gives 128 + 256 + 256 + 112 = 752 channels, ``inception(1,32)``
+    768). ``one_stem`` 1 runs the three 1x1 convolutions on the input as one
+    (``_InceptionOneStem``: same function and parameters, other names in the state dict).
+    The defaults build the paper's block exactly.
+    """
+    m = int(multiple)
+    if one_stem not in (0, 1):
+        raise ValueError(
+            f"inception's third argument is 1 (one stem) or left out, got {one_stem:g}"
+        )
+
+    def size(n: int) -> int:  # round() first: 0.4 * 160 is 64.00000000000001
+        return max(m, math.ceil(round(width * n / m, 6)) * m)
+
+    c128, c160, c108 = size(128), size(160), size(108)
+    if one_stem:
+        return _InceptionOneStem(style, c_in, c128, c160, c108), 5 * c128 + c108
+    block = _Concat(
+        cbr(c_in, c128, 1, style=style),
+        _Then(cbr(c_in, c128, 1, style=style), *_asym(style, c128, c128)),
+        _Then(
+            nn.Sequential(cbr(c_in, c160, 1, style=style), cbr(c160, c128, 1, style=style)),
+            *_asym(style, c128, c128),
+        ),
+        _inception_pool(style, c_in, c108),
+    )
+    return block, 5 * c128 + c108
 
 
 def _w(width: float, channels: int) -> int:
@@ -229,7 +277,7 @@ class BlockKind:
 
 BLOCKS: dict[str, BlockKind] = {
     "cbr": BlockKind(_cbr_block, 0, 4, ints=(0, 1, 2, 3), zero_ok=(3,)),
-    "inception": BlockKind(inception_cifar),
+    "inception": BlockKind(inception_cifar, 0, 3, ints=(1, 2), zero_ok=(2,)),
     "inception_c": BlockKind(inception_c, 0, 1),
     "inception_d": BlockKind(inception_d, 0, 1),
     "inception_e": BlockKind(inception_e, 0, 1),

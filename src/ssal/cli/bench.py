@@ -47,6 +47,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--reference-workers", type=int, metavar="N", help="DataLoader workers of the plain loop"
     )
     p.add_argument("--json", metavar="FILE", help="also write the result to this JSON file")
+    p.add_argument(
+        "--layouts",
+        nargs="+",
+        metavar="LAYOUT",
+        help="branch layouts instead of the model's (one, or one per branch; e.g. "
+        "'cbr(128,3) inception(1,8) gap'; default: the registry's)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help="size of the synthetic images (default: the model's, e.g. 3 32 32)",
+    )
+    p.add_argument(
+        "--image-folder",
+        metavar="DIR",
+        help="train on the images of DIR/train/<class>/ (evaluate on DIR/val/) with "
+        "ImageFolderDataModule, decoding included (default: synthetic images in memory)",
+    )
+    p.add_argument(
+        "--decode-on-device",
+        action="store_true",
+        help="with --image-folder: decode the JPEGs on the device (default: CPU workers)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --image-folder: loader processes, ours and the reference's "
+        "(default: one per CPU core)",
+    )
     p.set_defaults(func=run)
 
 
@@ -57,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compile_mode and not args.compile:
         raise UserError("--compile-mode needs --compile")
+    if (args.decode_on_device or args.workers is not None) and not args.image_folder:
+        raise UserError("--decode-on-device and --workers need --image-folder")
     torch.set_float32_matmul_precision("high")  # TF32 where the GPU has it
     result = run_bench(
         args.model,
@@ -74,9 +108,18 @@ def run(args: argparse.Namespace) -> int:
         reference_workers=args.reference_workers,
         compile_mode=args.compile_mode,
         profile=args.profile,
+        layouts=args.layouts,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        image_folder=args.image_folder,
+        decode_on_device=args.decode_on_device,
+        workers=args.workers,
     )
     if args.json:
         write_json(args.json, result)
+    if "profile_summary" in result:
+        from ssal.profiling import summary_table
+
+        print(summary_table(result["profile_summary"]))
     cols = ("model", "device", "precision", "train img/s", "eval img/s", "MFU", "speedup")
     show_table("ssal bench", (*cols, "branches", "memory"), bench_rows([result]))
     return 0

@@ -325,15 +325,18 @@ def plot_study_accuracy(summary: Mapping[str, Any]) -> tuple[bytes, dict[str, An
     return png_bytes(fig), data
 
 
-def plot_differences(rows: Sequence[Mapping[str, Any]], baseline: str) -> bytes | None:
-    """Forest plot: per row (``config``, ``head``, ``mean``, ``ci95`` in points) the paired
-    difference from the baseline with its 95% interval (open marker: one seed)."""
+def plot_differences(
+    rows: Sequence[Mapping[str, Any]], baseline: str, xlabel: str | None = None
+) -> bytes | None:
+    """Forest plot: per row (``config``, ``head``, ``mean``, ``ci95``; points unless
+    ``xlabel`` says otherwise) the paired difference from the baseline with its 95% interval
+    (open marker: one seed)."""
     if not rows:
         return None
     fig = figure(6.5, 0.45 * len(rows) + 1.4)
     ax = fig.subplots()
     for y, r in enumerate(rows):
-        color = "C0" if r["head"] == "+TR" else "C1"
+        color = "C0" if r["head"] == rows[0]["head"] else "C1"
         if r["ci95"] is None:
             ax.plot(r["mean"], y, "o", color=color, fillstyle="none")
         else:
@@ -343,7 +346,7 @@ def plot_differences(rows: Sequence[Mapping[str, Any]], baseline: str) -> bytes 
     ax.axvline(0, color="0.3", linewidth=0.9)
     ax.set_yticks(range(len(rows)), [f"{r['config']} {r['head']}" for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"difference from {baseline} +TR (points)")
+    ax.set_xlabel(xlabel or f"difference from {baseline} +TR (points)")
     ax.set_title(
         "paired difference with 95% t-interval over seeds (open: one seed, no interval)", fontsize=9
     )

@@ -25,8 +25,12 @@ from ssal.report.pages import html_page, html_table, img_tag
 __all__ = [
     "build_study_report",
     "config_rows",
+    "convergence_points",
+    "convergence_rows",
     "difference_points",
     "difference_rows",
+    "epochs_text",
+    "epochs_verdict",
     "find_study",
     "pair_rows",
     "read_study",
@@ -140,14 +144,21 @@ def verdict(x: Mapping[str, Any]) -> str:
     return "no difference"
 
 
+def epochs_text(reach: Mapping[str, Any] | None, per_seed: bool = True) -> str:
+    """Epochs to reach the target: mean ± std over seeds, then (``per_seed``) each seed's."""
+    if not reach or "counted" not in reach or not reach.get("n"):
+        return "-"  # also a study.json from before per-seed convergence
+    if not per_seed:
+        return _ms(reach, scale=1.0, digits=1)
+    seeds = "/".join("never" if r is None else str(r) for r in reach["per_seed"])
+    return f"{_ms(reach, scale=1.0, digits=1)} ({seeds})"
+
+
 def config_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Per config: seeds, +TR, +JP, alpha per seed, epochs to the baseline's final accuracy of
+    the same seed (and to 99.5% of it), seconds per run."""
     rows = []
     for name, c in summary["configs"].items():
-        reach = c.get("epochs_to_baseline_final")
-        reached = "-"
-        if reach:
-            never = reach.get("never_reached", 0)
-            reached = _ms(reach, scale=1.0, digits=1) + (f" ({never} never)" if never else "")
         rows.append(
             [
                 name,
@@ -155,10 +166,69 @@ def config_rows(summary: Mapping[str, Any]) -> list[list[str]]:
                 _ms(c["fine_accuracy"]),
                 _ms(c["joint_accuracy"]) if c.get("has_branches") else "-",
                 ", ".join(f"{a:g}" for a in c["alpha"]) if c.get("has_branches") else "-",
-                reached,
+                epochs_text(c.get("epochs_to_baseline_final")),
+                epochs_text(c.get("epochs_to_baseline_final_tolerance")),
                 _ms(c.get("seconds"), scale=1.0, digits=0),
             ]
         )
+    return rows
+
+
+def _epoch_diff(x: Mapping[str, Any]) -> str:
+    if not x["n"]:
+        return "-"
+    lo, hi = x["ci95"]
+    if lo is None:
+        return f"{x['mean']:+.1f} (one seed)"
+    return f"{x['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def epochs_verdict(x: Mapping[str, Any]) -> str:
+    """What a paired difference in epochs shows: fewer epochs are faster."""
+    shows = verdict(x)
+    return {"gain": "slower", "loss": "faster"}.get(shows, shows)
+
+
+_REACH = ("epochs_to_baseline_final", "epochs_to_baseline_final_tolerance")
+
+
+def convergence_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Per config: epochs to the same seed's baseline final accuracy (and to 99.5% of it)
+    minus the baseline's, with 95% intervals; how many seeds never reached it."""
+    rows = []
+    for name, d in summary["vs_baseline"].items():
+        if f"{_REACH[0]}_difference" not in d:
+            continue  # a study.json from before per-seed convergence
+        exact, tol = (d[f"{key}_difference"] for key in _REACH)
+        never = [str(summary["configs"][name][key]["never_reached"]) for key in _REACH]
+        rows.append(
+            [
+                name,
+                _epoch_diff(exact),
+                epochs_verdict(exact),
+                _epoch_diff(tol),
+                epochs_verdict(tol),
+                *never,
+                str(exact["n"]),
+            ]
+        )
+    return rows
+
+
+def convergence_points(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Forest-plot rows: per config and level, the paired difference in epochs from the
+    baseline with its 95% interval."""
+    rows = []
+    for name, d in summary["vs_baseline"].items():
+        for key, label in zip(_REACH, ("100%", "99.5%"), strict=True):
+            x = d.get(f"{key}_difference")
+            if not x or not x["n"]:
+                continue
+            rows.append(
+                {"config": name, "head": label, "mean": x["mean"], "ci95": x["ci95"], "n": x["n"]}
+            )
+            if rows[-1]["ci95"][0] is None:
+                rows[-1]["ci95"] = None
     return rows
 
 
@@ -193,14 +263,16 @@ def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dic
     base = summary["baseline"]
     data: dict[str, Any] = {"title": title, "kind": "study", "summary": summary}
     header = ["config", "seeds", "+TR (%)", "+JP (%)", "alpha per seed"]
-    header += [f"epochs to {base}'s final", "seconds per run"]
+    header += [f"epochs to {base}'s final", "to 99.5% of it", "seconds per run"]
     sections = [
         "<h2>Configs (test split)</h2>"
         + html_table(header, config_rows(summary))
         + '<p class="note">Mean ± std over seeds (sample std). +TR: the fine head; +JP: the '
         "joint prediction of all heads with alpha tuned on the held-out split of each run. "
-        f"Epochs to {e(base)}'s final: the first epoch whose test accuracy reaches the "
-        "baseline's mean final accuracy (seeds that never reach it are counted apart).</p>"
+        f"Epochs to {e(base)}'s final: per seed, the first epoch whose test accuracy reaches "
+        f"the final test accuracy of {e(base)} with the same seed (and 99.5% of it); mean ± "
+        "std over seeds, then each seed's value. A seed that never reaches it counts as its "
+        "number of epochs + 1 in the mean (a lower bound).</p>"
     ]
     points = difference_points(summary)
     data["differences"] = {"baseline": base, "rows": points}
@@ -218,6 +290,23 @@ def build_study_report(summary: Mapping[str, Any], title: str) -> tuple[str, dic
     sections.append("<h2>Accuracy over seeds</h2>" + img_tag(png, "accuracy per config"))
     png, data["convergence"] = plot_convergence(summary)
     sections.append("<h2>Convergence</h2>" + img_tag(png, "test accuracy per epoch"))
+    points = convergence_points(summary)
+    data["convergence_differences"] = {"baseline": base, "rows": points}
+    if points:
+        png = plot_differences(points, base, f"epochs minus {base}'s, same seed (fewer: faster)")
+        header = ["config", "to 100%: epochs - base", "shows", "to 99.5%", "shows"]
+        sections.append(
+            f"<h2>Epochs to {e(base)}'s final accuracy, seed by seed</h2>"
+            + html_table(
+                [*header, "never (100%)", "never (99.5%)", "paired seeds"],
+                convergence_rows(summary),
+            )
+            + img_tag(png, "paired differences in epochs")
+            + '<p class="note">Each seed of a config is paired with the same seed of '
+            f"{e(base)}, whose own final accuracy is the target; the difference in epochs has a "
+            "95% paired t-interval. Seeds that never reach the target count as epochs + 1, so "
+            "a config that often never reaches it looks faster than it is.</p>"
+        )
     header = ["a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)", "+JP(b) - +TR(a)"]
     sections.append("<h2>All pairs (b - a, points)</h2>" + html_table(header, pair_rows(summary)))
     finished, planned = summary.get("finished_runs"), summary.get("planned_runs")
