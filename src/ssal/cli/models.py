@@ -64,8 +64,16 @@ def run(args: argparse.Namespace) -> int:
                 " ".join(r["positions"]),
             ]
         )
-    columns = ("model", "built as", "baseline", "with SSAL", "paper", "authors' code", "classes",
-               "positions (module names)")
+    columns = (
+        "model",
+        "built as",
+        "baseline",
+        "with SSAL",
+        "paper",
+        "authors' code",
+        "classes",
+        "positions (module names)",
+    )
     title = (
         "ssal models: parameters as PyTorch counts them (trainable) / as Keras does (+ batch "
         "norm statistics, the paper's convention)"
