@@ -121,13 +121,15 @@ def _ms(m: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 2) -> s
     return mean if m["n"] < 2 or math.isnan(std) else f"{mean} ± {scale * std:.{digits}f}"
 
 
-def _diff(x: Mapping[str, Any]) -> str:
+def _diff(x: Mapping[str, Any], scale: float = 100.0, digits: int = 2) -> str:
+    """A paired difference with its 95% interval: points (fractions times 100) or epochs."""
     if not x["n"]:
         return "-"
     lo, hi = x["ci95"]
+    mean = f"{scale * x['mean']:+.{digits}f}"
     if lo is None:
-        return f"{100 * x['mean']:+.2f} (one seed)"
-    return f"{100 * x['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        return f"{mean} (one seed)"
+    return f"{mean} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
 
 
 def verdict(x: Mapping[str, Any]) -> str:
@@ -174,15 +176,6 @@ def config_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _epoch_diff(x: Mapping[str, Any]) -> str:
-    if not x["n"]:
-        return "-"
-    lo, hi = x["ci95"]
-    if lo is None:
-        return f"{x['mean']:+.1f} (one seed)"
-    return f"{x['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-
-
 def epochs_verdict(x: Mapping[str, Any]) -> str:
     """What a paired difference in epochs shows: fewer epochs are faster."""
     shows = verdict(x)
@@ -204,9 +197,9 @@ def convergence_rows(summary: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 name,
-                _epoch_diff(exact),
+                _diff(exact, scale=1.0, digits=1),
                 epochs_verdict(exact),
-                _epoch_diff(tol),
+                _diff(tol, scale=1.0, digits=1),
                 epochs_verdict(tol),
                 *never,
                 str(exact["n"]),
