@@ -52,3 +52,19 @@ def write_tiny_config(
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def pytest_addoption(parser) -> None:  # noqa: ANN001 - pytest's Parser
+    parser.addoption(
+        "--fuzz-cases",
+        type=int,
+        default=None,
+        help="cases per reader and mutation kind in tests/test_fuzz.py (SSAL_FUZZ_CASES)",
+    )
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases(request) -> int:
+    from tests.fuzzing import fuzz_cases as cases
+
+    return cases(request.config)

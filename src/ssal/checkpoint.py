@@ -11,6 +11,7 @@ data) and the data settings it was trained on. ``ssal export`` writes the same d
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
             raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
     try:
         info = json.loads(info_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, huge numbers, deep nesting
         raise ValueError(f"{info_path}: not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise ValueError(f"{info_path}: not an ssal model description")
@@ -149,6 +150,125 @@ def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     return info, {f"net.{k}": v for k, v in state.items()}
 
 
+MAX_INPUT_SIDE = 4096
+"""Largest image side a model description may ask inputs to be resized or cropped to."""
+
+
+def _is_int(v: Any, low: int = 1, high: int | None = None) -> bool:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return ok and (high is None or v <= high)
+
+
+def _numbers(v: Any, n: int) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) == n
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        and all(math.isfinite(x) for x in v)
+    )
+
+
+def _strings(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _preprocessing_problem(prep: Any, channels: int) -> str | None:
+    if prep is None or prep == {}:
+        return None
+    if not isinstance(prep, dict):
+        return "preprocessing must be a mapping"
+    for key in ("mean", "std"):
+        if key in prep and not _numbers(prep[key], channels):
+            return f"preprocessing {key} must hold {channels} numbers"
+    if "std" in prep and min(prep["std"]) <= 0:
+        return "preprocessing std must be positive"
+    if prep.get("resize") is not None and not _is_int(prep["resize"], 1, MAX_INPUT_SIDE):
+        return f"preprocessing resize must be a side of 1..{MAX_INPUT_SIDE} pixels"
+    crop = prep.get("crop")
+    if crop is not None and not (
+        isinstance(crop, list)
+        and len(crop) == 2
+        and all(_is_int(c, 1, MAX_INPUT_SIDE) for c in crop)
+    ):
+        return f"preprocessing crop must be [H, W] of 1..{MAX_INPUT_SIDE} pixels"
+    return None
+
+
+def _description_problem(info: dict[str, Any]) -> str | None:
+    """What makes a model description unusable, or None (types and sizes, before building)."""
+    if not isinstance(info.get("model"), str) or not _is_int(info.get("num_classes")):
+        return "model must be a name and num_classes a positive count"
+    size, channels = info.get("input_size"), info.get("in_channels")
+    if not (isinstance(size, list) and len(size) == 3 and _is_int(channels, 1, 4)):
+        return "input_size must be [C, H, W] with in_channels C of 1..4"
+    if size[0] != channels or not all(_is_int(v, 1, MAX_INPUT_SIDE) for v in size[1:]):
+        return f"input_size must be [{channels}, H, W] with sides of 1..{MAX_INPUT_SIDE} pixels"
+    if not (_strings(info.get("positions")) and _strings(info.get("layouts"))):
+        return "positions and layouts must be lists of names"
+    groupings = info.get("groupings")
+    if not isinstance(groupings, list) or not all(
+        isinstance(g, Grouping) or (isinstance(g, dict) and "assignment" in g) for g in groupings
+    ):
+        return "groupings must be a list of groupings"
+    alpha = info.get("alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        return "alpha must be a number"
+    names = info.get("class_names")
+    if not _strings(names) or (names is not None and len(names) != info["num_classes"]):
+        return f"class_names must list the {info['num_classes']} classes' names"
+    if info.get("data") is not None and not isinstance(info["data"], dict):
+        return "data must be a mapping"
+    norm = info.get("normalization")
+    if norm is not None and _preprocessing_problem(norm, channels):
+        return "normalization must hold mean and std per channel"
+    return _preprocessing_problem(info.get("preprocessing"), channels)
+
+
+def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
+    return create_model(
+        info["model"],
+        info["num_classes"],
+        groupings or None,
+        in_channels=info["in_channels"],
+        positions=info["positions"] or None,
+        layouts=info["layouts"] or None,
+    )
+
+
+def _model_of(
+    path: Path, info: dict[str, Any], state_dict: Any
+) -> tuple[SSALModel, list[Grouping]]:
+    """Build the described model and load its weights, after checking on the ``meta`` device
+    (nothing allocated) that every weight is a tensor of the shape the model expects."""
+    problem = _description_problem(info)
+    if problem:
+        raise ValueError(f"{path}: the model description is unusable ({problem})")
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise ValueError(f"{path}: the weights are not a mapping of names to tensors")
+    state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
+    try:
+        groupings = groupings_of(info)
+        with torch.device("meta"):
+            skeleton = _build(info, groupings)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+    except ValueError as e:  # groupings, positions or layouts that do not fit the model
+        raise ValueError(f"{path}: {e}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if given != expected or len(state) != len(given):
+        wrong = sorted(
+            set(expected) ^ set(state) | {k for k in given if given[k] != expected.get(k)}
+        )
+        raise ValueError(
+            f"{path}: weights do not fit {info['model']} (missing, unexpected or misshapen: "
+            f"{', '.join(wrong[:3]) or 'non-tensor values'})"
+        )
+    model = _build(info, groupings)
+    model.load_state_dict(state)
+    return model, groupings
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[SSALModel, dict[str, Any]]:
@@ -156,6 +276,8 @@ def load_checkpoint(
 
     Returns the model (eval mode) and its description: model name, ``groupings`` (as
     ``Grouping``), alpha, class names, ``preprocessing`` and data settings, epoch and step.
+    A description or weights that do not fit raise ``ValueError`` naming the file, before
+    anything the size of the description's claims is allocated.
     """
     path = Path(path)
     if path.is_dir() or path.name in (EXPORT_INFO, EXPORT_WEIGHTS):
@@ -164,25 +286,11 @@ def load_checkpoint(
     else:
         ckpt = read_checkpoint(path, map_location)
         info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: the model description is not a mapping")
     info = dict(info)
-    try:
-        groupings = groupings_of(info)
-        model = create_model(
-            info["model"],
-            info["num_classes"],
-            groupings or None,
-            in_channels=info["in_channels"],
-            positions=info["positions"] or None,
-            layouts=info["layouts"] or None,
-        )
-        info["preprocessing"] = preprocessing_of(info)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
-    state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {info['model']} ({str(e)[:200]})") from None
+    model, groupings = _model_of(path, info, state_dict)
+    info["preprocessing"] = preprocessing_of(info)
     info["groupings"] = groupings
     info["epoch"] = ckpt.get("epoch", info.get("epoch"))
     info["global_step"] = ckpt.get("global_step", info.get("global_step"))

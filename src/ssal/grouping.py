@@ -125,7 +125,10 @@ def check_assignment(
     what: str = "grouping",
 ) -> np.ndarray:
     """Validate a grouping array and return it as int64; ``ValueError`` says what is wrong."""
-    a = np.asarray(assignment)
+    try:
+        a = np.asarray(assignment)
+    except (ValueError, TypeError):  # ragged lists
+        a = np.empty(0)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{what}: assignment must be a non-empty list of group indices")
     if a.dtype.kind not in "iu" and (
@@ -135,11 +138,17 @@ def check_assignment(
     a = a.astype(np.int64)
     if num_classes is not None and len(a) != num_classes:
         raise ValueError(f"{what}: has {len(a)} classes but the model has {num_classes}")
-    g = int(a.max()) + 1 if num_groups is None else num_groups
+    if num_groups is not None and (
+        not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
+    ):
+        raise ValueError(f"{what}: num_groups must be a whole number, got {num_groups!r}")
+    g = int(a.max()) + 1 if num_groups is None else int(num_groups)
     if a.min() < 0 or a.max() >= g:
         raise ValueError(
             f"{what}: group indices must lie in 0..{g - 1}, found {a.min()}..{a.max()}"
         )
+    if g > len(a):  # every group needs a class (checked before np.arange(g) is allocated)
+        raise ValueError(f"{what}: {g} groups for {len(a)} classes; every group needs a class")
     empty = np.setdiff1d(np.arange(g), a)
     if len(empty):
         raise ValueError(
@@ -249,21 +258,27 @@ def load_groupings(
         raise FileNotFoundError(f"groupings file not found: {path}")
     try:
         doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, huge numbers, deep nesting
         raise ValueError(f"{path}: not a JSON groupings file ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("groupings"), list):
         raise ValueError(f"{path}: expected an object with a 'groupings' list")
     c = doc.get("num_classes", num_classes)
+    if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+        raise ValueError(f"{path}: num_classes must be a positive whole number, got {c!r}")
     if num_classes is not None and c != num_classes:
         raise ValueError(f"{path}: written for {c} classes but the model has {num_classes}")
     names = doc.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError(f"{path}: class_names must be a list of names")
     if names is not None and c is not None and len(names) != c:
         raise ValueError(f"{path}: {len(names)} class names for {c} classes")
     out = []
     for i, entry in enumerate(doc["groupings"]):
         if not isinstance(entry, dict) or "assignment" not in entry:
             raise ValueError(f"{path}: grouping {i} has no 'assignment'")
-        label = f"{path}: grouping {entry.get('name', i)!r}"
+        label = f"{path}: grouping {str(entry.get('name', i))[:60]!r}"
         a = check_assignment(entry["assignment"], c, entry.get("num_groups"), what=label)
         out.append(Grouping.from_dict(entry, a))
     if not out:

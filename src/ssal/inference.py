@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssal.data.decoding import load_pil
 from ssal.data.transforms import normalize, resize_for_model
 from ssal.grouping import Grouping
 from ssal.predict import GroupingLike, joint_predict, structured_predict
@@ -29,20 +30,6 @@ __all__ = [
 ]
 
 
-def _to_mode(img: Any, in_channels: int) -> Any:
-    """A PIL image in ``"L"`` (1 channel) or ``"RGB"`` (3): 16-bit scaled, EXIF applied."""
-    from PIL import Image, ImageOps
-
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I;16") or img.mode == "I":  # PIL would clip, not scale
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode != "I" or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("L" if in_channels == 1 else "RGB")
-
-
 def load_image(
     path: str | Path,
     in_channels: int,
@@ -54,9 +41,9 @@ def load_image(
     Any mode PIL reads (grey, RGB, RGBA, palette, 16-bit, ...) becomes ``"L"`` or ``"RGB"``;
     EXIF orientation is applied; then ``preprocessing``'s resize and crop (by default a plain
     resize to ``size = (H, W)``). Raises ``FileNotFoundError`` or
-    ``ValueError("<file>: cannot read image (...)")``.
+    ``ValueError("<file>: cannot read image (...)")``, also for images over PIL's
+    decompression-bomb limit (``ssal.data.decoding``).
     """
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
     path = Path(path)
@@ -64,15 +51,7 @@ def load_image(
         raise FileNotFoundError(f"image not found: {path}")
     if in_channels not in (1, 3):
         raise ValueError(f"models with {in_channels} input channels cannot read image files")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = _to_mode(img, in_channels)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: cannot read image (not a known image format)") from None
-    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, ...
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: cannot read image ({reason})") from None
+    img = load_pil(path, in_channels)
     img = resize_for_model(img, (int(size[0]), int(size[1])), preprocessing)
     return F.pil_to_tensor(img)
 

@@ -26,5 +26,26 @@ def run(argv: list[str], debug: bool) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as e:
         if debug:
             raise
-        print(f"ssal: error: {e}", file=sys.stderr)
+        print(f"ssal: error: {_with_configs(_one_line(e), argv)}", file=sys.stderr)
         return 2
+    except argparse.ArgumentError as e:  # the config or an option does not parse
+        if debug:
+            raise
+        text = _with_configs(_one_line(e, 400), argv)
+        print(f"ssal: error: {text}; see ssal {argv[0]} --help", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException, limit: int = 1000) -> str:
+    """An error's message on one line (jsonargparse's span several and may quote a whole
+    value)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _with_configs(message: str, argv: list[str]) -> str:
+    """``message`` with the config files of the run it came from, unless it names them."""
+    from ssal.lightning_cli import config_files
+
+    configs = [str(c) for c in config_files(argv) if str(c) not in message]
+    return f"{message} (config {', '.join(configs)})" if configs else message

@@ -62,4 +62,3 @@ class ImageArrays:
         """Return a copy holding only the samples at ``indices`` (same class names)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageArrays(self.images[idx], self.labels[idx], list(self.class_names))
-

@@ -130,4 +130,3 @@ def batch_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )
-

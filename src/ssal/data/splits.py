@@ -150,4 +150,3 @@ def channel_stats(images: torch.Tensor, chunk_size: int = 1024) -> tuple[list[fl
         math.sqrt(max(n * q - s * s, 0)) / (n * 255.0) for s, q in zip(sums, squares, strict=True)
     ]
     return means, stds
-

@@ -105,7 +105,6 @@ def normalize(
     return images.to(dtype) * scale - shift
 
 
-
 def random_resized_crop_box(
     height: int,
     width: int,
@@ -136,7 +135,6 @@ def random_resized_crop_box(
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
-
 
 
 # --------------------------------------------------------------------------- evaluation
