@@ -23,16 +23,28 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Debian packages, where apt is available: the demo's data, and a browser for the report test.
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_install() {  # apt_install PACKAGE: quietly, refreshing the package lists once if needed
+  command -v apt-get >/dev/null 2>&1 || return 1
+  $SUDO apt-get install -y -qq "$1" >/dev/null 2>&1 ||
+    { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq "$1" >/dev/null 2>&1; }
+}
+
 fmnist=/usr/share/datasets/fashion-mnist
-if [ ! -f "$fmnist/t10k-labels-idx1-ubyte.gz" ] && command -v apt-get >/dev/null 2>&1; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  if { $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
-       { $SUDO apt-get update -qq >/dev/null 2>&1 &&
-         $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }; }; then
+if [ ! -f "$fmnist/t10k-labels-idx1-ubyte.gz" ]; then
+  if apt_install dataset-fashion-mnist; then
     echo "installed Debian's dataset-fashion-mnist into $fmnist"
   else
     echo "note: could not install dataset-fashion-mnist; put the four Fashion-MNIST" \
          "*-ubyte.gz files in $fmnist or pass --data-dir" >&2
+  fi
+fi
+if [ -z "${SSAL_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if apt_install chromium; then
+    echo "installed Debian's chromium (the report's browser test uses it)"
+  else
+    echo "note: could not install chromium; the report's browser test will be skipped" >&2
   fi
 fi

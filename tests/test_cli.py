@@ -22,6 +22,10 @@ def test_models_json(capsys):
         assert len(r["positions"]) == len(r["layouts"]) == 3
     assert rows["resnet50"]["paper_positions"] == [[1, -1], [2, -1], [3, -1]]
     assert rows["densenet190-40"]["positions"] == ["block1", "block2:input", "block3:input"]
+    assert (
+        rows["timm/NAME"]["family"]
+        and rows["torchvision/NAME"]["example"] == "torchvision/resnet18"
+    )
 
 
 def test_models_table(capsys):

@@ -772,3 +772,15 @@ def test_random_resized_crop_box_rule_and_seeding() -> None:
             random_resized_crop_box(60, 80, dm._crop_generator())
         )
     assert ImageFolderDataModule("unused").state_dict() == {}
+
+
+def test_image_folder_workers_default_to_the_cores_available(monkeypatch):
+    from ssal.data import ImageFolderDataModule
+    from ssal.data.image_folder import default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    assert default_workers() == 2
+    dm = ImageFolderDataModule("unused")
+    assert dm.num_workers == 2 and dm.hparams["num_workers"] is None  # the machine decides
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(64)))
+    assert default_workers() == 8

@@ -46,3 +46,17 @@ def test_demo_short_run_writes_everything(tmp_path, capsys):
     assert evaluated["alpha"] == s["alpha"]
     assert evaluated["joint_accuracy"] == pytest.approx(s["jp_accuracy"])
     assert Path(s["report"]).is_file()
+    # a second demo into the same folder refuses (one line), and leaves the first as it was
+    capsys.readouterr()
+    before = (out / "summary.json").read_bytes()
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "holds an earlier demo" in err[0] and "--overwrite" in err[0]
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_near_chance_baseline_gets_a_warning():
+    from ssal.demo import _near_chance
+
+    assert _near_chance(0.1, 10) and "near chance" in _near_chance(0.12, 10)
+    assert _near_chance(0.6, 10) is None

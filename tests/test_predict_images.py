@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,21 +101,33 @@ def test_predict_cli_table(tmp_path, images, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("content", [b"not an image at all", "truncated"])
-def test_unreadable_image_is_one_line_and_exit_2(tmp_path, images, capsys, content):
+def test_unreadable_image_is_one_warning_line_or_with_strict_one_error(
+    tmp_path, images, capsys, content
+):
     ckpt = write_checkpoint(tmp_path, "grey")
     bad = tmp_path / "bad.jpg"
     if content == "truncated":
         data = images[3].read_bytes()
         content = data[: len(data) // 2]
     bad.write_bytes(content)
-    assert main(["predict", "--checkpoint", str(ckpt), str(images[0]), str(bad)]) == 2
+    args = ["predict", "--checkpoint", str(ckpt), str(images[0]), str(bad), "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err[0].startswith(f"ssal: warning: skipped {bad}: cannot read image (")
+    assert err[1:] == ["ssal: skipped 1 unreadable files"]
+    assert [r["file"] for r in json.loads(captured.out)["predictions"]] == [str(images[0])]
+    assert main([*args, "--strict"]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ssal: error: {bad}: cannot read image (")
     assert captured.out == ""
     missing = tmp_path / "missing.png"
     assert main(["predict", "--checkpoint", str(ckpt), str(missing)]) == 2
-    assert "image not found" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        "image not found" in err[0] and err[-1] == "ssal: error: none of the 1 images could be read"
+    )
 
 
 def test_images_are_converted_as_in_training(images):
@@ -216,3 +229,55 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     Image.fromarray(a).save(tmp_path / "deep.png")
     got = load_image(tmp_path / "deep.png", 1, (32, 32)).float()
     assert got.mean().item() == pytest.approx(a.mean() / 257, abs=1.0)
+
+
+def test_predict_a_folder_into_jsonl_and_csv_skipping_an_unreadable_file(tmp_path, images, capsys):
+    """A folder (searched recursively, image files only) of PNGs and JPEGs with one corrupt
+    file: one record per readable image, one warning line, exit 0; ``--strict``: exit 2 and no
+    output file."""
+    import csv
+    import shutil
+
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for i, path in enumerate(images):
+        shutil.copy(path, (folder / "nested" if i % 2 else folder) / path.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image, not even tried")
+    ckpt = write_checkpoint(tmp_path, "grey")
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len([e for e in err if e.startswith("ssal: warning: skipped ")]) == 1
+    assert "broken.jpg: cannot read image" in err[0]
+    assert err[-1] == f"ssal: wrote {len(images)} predictions to {out}; skipped 1"
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["file"]).name for r in records) == sorted(p.name for p in images)
+    for r in records:
+        check_record(r, [G2, G5])
+
+    table = tmp_path / "preds.csv"
+    assert (
+        main(["predict", "--checkpoint", str(ckpt), f"{folder}/**/*.png", "--out", str(table)]) == 0
+    )
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    pngs = [p for p in images if p.suffix == ".png"]
+    assert len(rows) == len(pngs) and set(rows[0]) >= {"file", "fine_name", "branch2_agrees"}
+    by_file = {r["file"]: r for r in records}
+    for row in rows:
+        assert row["fine_name"] == by_file[row["file"]]["fine"]["name"]
+
+    capsys.readouterr()
+    strict = tmp_path / "strict.jsonl"
+    args = ["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(strict), "--strict"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "broken.jpg: cannot read image" in err[0] and "--strict" in err[0]
+    assert not strict.exists() and not list(tmp_path.glob(".strict.jsonl*"))
+
+
+def test_predict_names_a_pattern_that_matches_nothing(tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path, "grey")
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "*.png")]) == 2
+    assert capsys.readouterr().err.strip() == f"ssal: error: no file matches {tmp_path / '*.png'}"

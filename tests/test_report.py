@@ -1,7 +1,9 @@
 import base64
 import csv
+import html
 import io
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -223,6 +225,24 @@ def test_report_from_outputs_is_self_contained_and_holds_what_it_plots(tmp_path)
 
 
 # --------------------------------------------------------------------------- slow tests
+def test_alpha_plot_draws_each_series_in_the_style_its_caption_names():
+    """The caption under the alpha plot names a line style per split; the plot's embedded data
+    records the style each series was actually drawn in."""
+    from ssal.report.run_page import ALPHA_CAPTION
+
+    g = [Grouping(np.arange(10) % 2), Grouping(np.arange(10) % 5)]
+    page, data = build_report([fake_result("base", [], 0), fake_result("ssal", g, 1)])
+    assert ALPHA_CAPTION in page
+    named = dict(re.findall(r"(held-out|test) split \((dashed|solid)\)", ALPHA_CAPTION))
+    assert named == {"held-out": "dashed", "test": "solid"}
+    series = data["accuracy_by_alpha"]["ssal"]
+    assert series["heldout"]["linestyle"] == named["held-out"]
+    assert series["test"]["linestyle"] == named["test"]
+    assert "dotted" in ALPHA_CAPTION and data["accuracy_by_alpha"]["base"]["linestyle"] == "dotted"
+    # the pairwise table is shown for SSAL runs only (a baseline has one head)
+    assert page.count("if ... is right") == 1
+
+
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
     if not HAVE_FASHION_MNIST:
@@ -285,24 +305,61 @@ def test_report_cli_matches_evaluate(demo_runs, tmp_path, capsys):
     assert rc["disagreement"]["risk"][-1] == pytest.approx(1 - expected["fine_accuracy"])
 
 
+HARNESS = """<!DOCTYPE html><html><body><iframe id="page" src="report.html"
+ style="width:1200px;height:3000px"></iframe><script>
+const frame = document.getElementById("page");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument;
+  const images = Array.from(doc.images);
+  const broken = images.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.alt);
+  const data = doc.getElementById("ssal-data");
+  let parsed = false;
+  try { JSON.parse(data.textContent); parsed = true; } catch (e) {}
+  document.body.setAttribute("data-result", JSON.stringify(
+    {images: images.length, broken: broken, data: parsed, title: doc.title}));
+});
+</script></body></html>"""
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags += ["--enable-logging=stderr", "--v=0"]
+    return subprocess.run(["chromium", *flags, *args], capture_output=True, text=True, timeout=180)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
 def test_report_renders_in_a_headless_browser(demo_runs, tmp_path):
-    shot = tmp_path / "report.png"
-    cmd = [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--enable-logging=stderr",
-        f"--screenshot={shot}",
-        "--window-size=1200,3000",
-        (demo_runs / "report.html").resolve().as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    log = proc.stdout + proc.stderr
-    for bad in ("CONSOLE", "Uncaught", "net::ERR", "Failed to load", "Not allowed to load"):
+    """The demo's report in Debian's chromium, served over HTTP: every image decodes, the
+    embedded data parses, no JavaScript error or failed request is logged."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "report.html").write_bytes((demo_runs / "report.html").read_bytes())
+    (tmp_path / "check.html").write_text(HARNESS)
+    handler = functools.partial(
+        type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+        directory=str(tmp_path),
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        dom = chromium("--virtual-time-budget=20000", "--dump-dom", f"{base}/check.html")
+        shot = tmp_path / "report.png"
+        png = chromium(f"--screenshot={shot}", "--window-size=1200,3000", f"{base}/report.html")
+    finally:
+        server.shutdown()
+    assert dom.returncode == 0 and png.returncode == 0, dom.stderr[-2000:] + png.stderr[-2000:]
+    found = re.search(r'data-result="([^"]*)"', dom.stdout)
+    assert found, dom.stdout[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    expected = (demo_runs / "report.html").read_text().count("<img ")
+    assert result["images"] == expected >= 7 and result["broken"] == [] and result["data"], result
+    log = dom.stderr + png.stderr
+    for bad in ("Uncaught", "net::ERR", "Failed to load", "Not allowed to load"):
         assert bad not in log, log[-2000:]
     with Image.open(shot) as im:
         assert im.size == (1200, 3000)

@@ -88,6 +88,9 @@ def test_sigkill_mid_epoch_then_resume_last(tmp_path):
     assert sorted(int(r["epoch"]) for r in rows) == list(range(EPOCHS))
     acc = float(rows[-1]["val/acc_fine"])
     acc_ref = float(val_rows(b / "runs/ssal/version_0")[-1]["val/acc_fine"])
+    with open(run / "metrics.csv") as f:
+        lr_steps = [r["step"] for r in csv.DictReader(f) if r.get("lr-SGD/backbone")]
+    assert len(lr_steps) == len(set(lr_steps)) == EPOCHS  # the resume step logged once
     # the resumed epoch draws the shuffle and the augmentation of the uninterrupted run's
     assert acc == pytest.approx(acc_ref, abs=1e-6), (acc, acc_ref)
 

@@ -49,6 +49,8 @@ def test_export_round_trip_without_pickle(trained, tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(trained["ckpt"]), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "ssal.json"]
+    for p in out.iterdir():  # meant for sharing: readable by all, like the JSON beside it
+        assert p.stat().st_mode & 0o444 == 0o444
     info = json.loads((out / "ssal.json").read_text())
     assert info["model"] == "tiny-wrn" and info["groupings"][0]["num_groups"] == 20
     a, _ = load_checkpoint(trained["ckpt"])

@@ -359,12 +359,7 @@ def run_bench(
     classes = num_classes or (
         1000 if model.endswith("imagenet") else 10 if model == "small-cnn" else 100
     )
-    sizes = (
-        entry.paper_groups
-        if max(entry.paper_groups) < classes
-        else (max(2, classes // 5), max(2, classes // 3), max(2, classes // 2))
-    )
-    groupings = default_groupings(classes, sizes) if ssal else None
+    groupings = default_groupings(classes, entry.group_sizes(classes)) if ssal else None
     data = _synthetic(batch_size * min(warmup + steps, 40), entry.input_size, classes)
     setup = _Setup(
         model,

@@ -16,16 +16,20 @@ from ssal.evaluate import groupings_from_model
 from ssal.grouping import load_groupings, save_groupings
 
 __all__ = [
+    "NOTE",
     "AutoGroupings",
     "LastAndBestCheckpoint",
     "LossProgressBar",
     "LossRichProgressBar",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
+    "RunReport",
     "use_loss_progress_bar",
 ]
 
 log = logging.getLogger("ssal")
+NOTE = 25  # ssal's notes on what a run does: above INFO, which libraries fill, below WARNING
+logging.addLevelName(NOTE, "NOTE")
 
 
 class AutoGroupings(Callback):
@@ -71,7 +75,13 @@ class AutoGroupings(Callback):
         args = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI's own
         probe = type(module)(**{**args, "groupings": None, "compile": False})
         device = trainer.strategy.root_device
-        log.info("probe: training %s without branches for %d epochs", hp.model, hp.probe_epochs)
+        log.log(
+            NOTE,
+            "probe: training %s without branches for %d epoch%s to group its confusion",
+            hp.model,
+            hp.probe_epochs,
+            "s" if hp.probe_epochs != 1 else "",
+        )
         probe_trainer = L.Trainer(
             accelerator=device.type,
             devices=[device.index or 0] if device.type == "cuda" else 1,
@@ -91,12 +101,12 @@ class AutoGroupings(Callback):
         finally:
             datamodule.trainer = trainer  # the probe's trainer borrowed it
         datamodule.setup("fit")
-        sizes = hp.auto_groups or list(module.entry.paper_groups)
+        sizes = hp.auto_groups or list(module.entry.group_sizes(hp.num_classes))
         groupings, _ = groupings_from_model(
             probe.net, datamodule, sizes, hp.auto_mode, device=device
         )
         save_groupings(out, groupings, datamodule.class_names)
-        log.info("groupings (%s) from the probe's held-out confusion: %s", hp.auto_mode, out)
+        log.log(NOTE, "groupings (%s) from the probe's held-out confusion: %s", hp.auto_mode, out)
         return out
 
     @classmethod
@@ -107,6 +117,48 @@ class AutoGroupings(Callback):
             return
         path = cls().derive(trainer, module, datamodule)
         os.environ[cls.ENV] = str(path.resolve())
+
+
+class RunReport(Callback):
+    """A line each for what a run trains and where it writes, and its checkpoints at the end
+    (through the ``ssal`` logger: the command line shows them, Python users may)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        folder = trainer.log_dir  # a collective under DDP: every rank asks
+        if not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        params = sum(p.numel() for p in net.parameters())
+        if net.num_branches:
+            what = f"{net.num_branches} SSAL branches ({', '.join(g.name for g in net.groupings)})"
+        else:
+            what = "no branches (a baseline)"
+        epochs = (
+            f"{trainer.max_epochs} epochs" if trainer.max_epochs else f"{trainer.max_steps} steps"
+        )
+        log.log(
+            NOTE,
+            "training %s with %s: %s parameters, %s on %s",
+            getattr(net, "name", type(net.backbone).__name__),
+            what,
+            f"{params:,}",
+            epochs,
+            trainer.strategy.root_device,
+        )
+        if folder:
+            log.log(NOTE, "run folder: %s", folder)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        ckpt = trainer.checkpoint_callback
+        if not trainer.is_global_zero or ckpt is None:
+            return
+        if getattr(ckpt, "last_model_path", ""):
+            log.log(NOTE, "last checkpoint: %s", ckpt.last_model_path)
+        if ckpt.best_model_path and ckpt.best_model_score is not None:
+            score = float(ckpt.best_model_score)
+            log.log(
+                NOTE, "best checkpoint: %s (%s %.4f)", ckpt.best_model_path, ckpt.monitor, score
+            )
 
 
 class LastAndBestCheckpoint(ModelCheckpoint):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ssal.model import SSALModel
 __all__ = [
     "CHECKPOINT_KEY",
     "EXPORT_INFO",
+    "EXPORT_ONNX",
     "EXPORT_WEIGHTS",
     "describe_model",
     "export_checkpoint",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 CHECKPOINT_KEY = "ssal"
-EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "ssal.json"
+EXPORT_WEIGHTS, EXPORT_INFO, EXPORT_ONNX = "model.safetensors", "ssal.json", "model.onnx"
 SCHEMA_VERSION = 2
 _LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
 
@@ -110,22 +112,28 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable checkpoint ({_reason(e)})") from None
+        raise ValueError(f"{path}: not a loadable checkpoint ({_reason(path, e)})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not an ssal checkpoint (no '{CHECKPOINT_KEY}' section)")
     return ckpt
 
 
-def _reason(e: BaseException) -> str:
-    """The first sentence of an exception's message, without torch's advice to unpickle."""
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
-    for cut in (" Please file an issue", " (1) In PyTorch", "Weights only load failed."):
-        if cut in first and first.index(cut) > 0:
-            first = first[: first.index(cut)]
-    if first.startswith("Weights only load failed"):
-        return "it holds objects other than tensors and plain values; refused"
-    return first.strip()[:160]
+def _reason(path: Path, e: BaseException) -> str:
+    """Why torch could not load ``path``, in a few words (never its advice to unpickle)."""
+    text = " ".join(str(e).split())
+    refused = re.search(r"(unsupported GLOBAL \S+|Unsupported global: GLOBAL \S+)", text)
+    if refused:
+        name = refused.group(1).split()[-1]
+        return f"refused: it would unpickle {name}, which can run code"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return "not a PyTorch checkpoint file"
+    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError):
+        return "truncated or corrupt"
+    if "Weights only load failed" in text:
+        return "it holds something other than tensors and plain values; refused"
+    return "truncated or corrupt"
 
 
 def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -308,28 +316,76 @@ def set_checkpoint_alpha(path: str | Path, alpha: float, chosen_on: str) -> None
     tmp.replace(path)
 
 
-def export_checkpoint(path: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's weights as safetensors plus ``ssal.json`` (model, groupings, alpha).
-
-    The pair loads without unpickling anything (``load_checkpoint(out)``), so it is safe to
-    share; ``ssal evaluate`` and ``ssal predict`` accept the folder. Files are readable by all,
-    as files meant for sharing are.
-    """
-    from safetensors.torch import save_file
-
+def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetensors") -> Path:
+    """Write a checkpoint's model for sharing: ``ssal.json`` (model, groupings, alpha, class
+    names, preprocessing) beside the weights as ``model.safetensors`` (loads with
+    ``load_checkpoint(out)``, nothing unpickled) or, with ``format="onnx"``, the whole model as
+    ``model.onnx`` (``onnx_heads``: one named output per head, any batch size; runs with
+    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all."""
+    if format not in ("safetensors", "onnx"):
+        raise ValueError(f"export format must be safetensors or onnx, got {format!r}")
     ckpt = read_checkpoint(path)
     info = dict(ckpt[CHECKPOINT_KEY])
     info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
-    state = {
-        k[4:]: v.contiguous()
-        for k, v in ckpt["state_dict"].items()
-        if k.startswith("net.") and isinstance(v, torch.Tensor)
-    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{EXPORT_WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+    if format == "onnx":
+        model, _ = load_checkpoint(path)
+        info["onnx_heads"] = onnx_heads(model.num_branches)
+        target, tmp = out / EXPORT_ONNX, out / f".{EXPORT_ONNX}.tmp"
+        _export_onnx(model, tmp)
+    else:
+        state = {
+            k[4:]: v.contiguous()
+            for k, v in ckpt["state_dict"].items()
+            if k.startswith("net.") and isinstance(v, torch.Tensor)
+        }
+        from safetensors.torch import save_file
+
+        target, tmp = out / EXPORT_WEIGHTS, out / f".{EXPORT_WEIGHTS}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
     tmp.chmod(0o644)
-    tmp.replace(out / EXPORT_WEIGHTS)
+    tmp.replace(target)
     write_json(out / EXPORT_INFO, info)
     return out
+
+
+def onnx_heads(num_branches: int) -> list[str]:
+    """Output names of an ONNX export: the fine logits, then each branch's."""
+    return ["logits", *(f"branch{i + 1}" for i in range(num_branches))]
+
+
+class _Heads(torch.nn.Module):
+    """An SSAL model whose forward returns a tuple of tensors (what ONNX exports)."""
+
+    def __init__(self, model: SSALModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        return (out.logits, *out.branch_logits)
+
+
+def _export_onnx(model: SSALModel, target: Path) -> None:
+    """``torch.onnx.export`` (torch.export based) with a dynamic batch dimension."""
+    try:
+        import onnxscript  # noqa: F401 - the exporter needs it
+    except ImportError:
+        raise ValueError(
+            "ONNX export needs onnx and onnxscript: pip install 'ssal[onnx]'"
+        ) from None
+    heads = _Heads(model.eval()).eval()
+    example = torch.zeros(2, *model.input_size)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        heads,
+        (example,),
+        str(target),
+        input_names=["images"],
+        output_names=onnx_heads(model.num_branches),
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        external_data=False,  # one file (models under 2 GB)
+        verbose=False,
+    )

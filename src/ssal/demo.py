@@ -74,6 +74,10 @@ def _train(
 CHANCE_MARGIN = 1.5  # a baseline below 1.5x chance has learnt next to nothing yet
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse to write over an earlier demo (its checkpoints, logs and report) unless asked."""
     earlier = [p for p in ("summary.json", "baseline", "ssal") if (out / p).exists()]
@@ -131,7 +135,7 @@ def _baseline_and_groupings(
 ) -> tuple[SSALModule, Path, float, list, Path]:
     """Steps 1 and 2: the baseline, and the groupings of its held-out confusion."""
     entry = get_entry(DEMO_MODEL)
-    say(f"[1/4] training the baseline ({DEMO_MODEL}, {epochs} epochs)")
+    say(f"[1/4] training the baseline ({DEMO_MODEL}, {_epochs(epochs)})")
     base = SSALModule(num_classes=10, in_channels=1, model=DEMO_MODEL, **entry.recipe)
     base_ckpt, base_time = _train(base, dm, out / "baseline", epochs, quiet)
     say("[2/4] grouping the classes from the baseline's held-out confusion")
@@ -147,7 +151,7 @@ def _baseline_and_groupings(
 
 def run_demo(
     out: str | Path = "runs/demo",
-    epochs: int = 3,
+    epochs: int = 2,
     train_size: int | None = None,
     data_dir: str | None = None,
     seed: int = 0,
@@ -172,7 +176,7 @@ def run_demo(
     base, base_ckpt, base_time, groupings, groupings_path = _baseline_and_groupings(
         dm, out, epochs, seed, quiet, device, say, track
     )
-    say(f"[3/4] training the same network with SSAL branches ({epochs} epochs)")
+    say(f"[3/4] training the same network with SSAL branches ({_epochs(epochs)})")
     L.seed_everything(seed, verbose=False)
     recipe = {"model": DEMO_MODEL, **get_entry(DEMO_MODEL).recipe}
     model = SSALModule(num_classes=10, in_channels=1, groupings=str(groupings_path), **recipe)

@@ -8,26 +8,124 @@ in the README, "Predictions (JSON)"). ``predict_tensors`` does the same for a ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import glob
+import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ssal.checkpoint import (
+    EXPORT_INFO,
+    EXPORT_ONNX,
+    EXPORT_WEIGHTS,
+    groupings_of,
+    load_checkpoint,
+    preprocessing_of,
+)
 from ssal.data.decoding import load_pil
 from ssal.data.transforms import normalize, resize_for_model
 from ssal.grouping import Grouping
+from ssal.model import SSALOutput
 from ssal.predict import GroupingLike, joint_predict, structured_predict
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "OnnxModel",
     "describe_predictions",
+    "find_images",
     "iter_predictions",
     "load_image",
     "load_images",
+    "load_model",
     "predict_images",
     "predict_tensors",
 ]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively for files
+    with an image suffix (``IMAGE_SUFFIXES``), and glob patterns (``**`` too) expanded; sorted
+    within each folder or pattern. A path that names nothing is a ``FileNotFoundError``."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.exists() or not glob.has_magic(str(raw)):
+            found.append(path)  # a missing plain file is reported when it is read
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {raw}")
+            found += [m for m in matches if m.is_file()]
+    return found
+
+
+class OnnxModel:
+    """An ``ssal export --format onnx`` model run by onnxruntime, called like an ``SSALModel``:
+    ``model(images (N, C, H, W))`` returns ``SSALOutput`` (on the CPU)."""
+
+    def __init__(self, path: str | Path, heads: Sequence[str]) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ValueError("ONNX models run with onnxruntime: pip install 'ssal[onnx]'") from None
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime's own error types for a bad file
+            raise ValueError(
+                f"{path}: not a loadable ONNX model ({' '.join(str(e).split())[:160]})"
+            ) from None
+        self.heads = list(heads)
+        self.num_branches = len(self.heads) - 1
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+        return self  # onnxruntime runs where its session was made
+
+    def __call__(self, images: torch.Tensor) -> SSALOutput:
+        feed = {self.session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
+        outs = self.session.run(self.heads, feed)
+        tensors = [torch.from_numpy(o) for o in outs]
+        return SSALOutput(tensors[0], tuple(tensors[1:]))
+
+
+def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """A model and its description from a checkpoint, an ``ssal export`` folder (weights as
+    safetensors) or an ONNX export (a folder with ``model.onnx``, or the file itself)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    onnx = path if path.suffix == ".onnx" else folder / EXPORT_ONNX
+    is_onnx = path.suffix == ".onnx" or (
+        path.is_dir() and onnx.is_file() and not (folder / EXPORT_WEIGHTS).is_file()
+    )
+    if not is_onnx:
+        return load_checkpoint(path)
+    info_path = folder / EXPORT_INFO
+    if not onnx.is_file() or not info_path.is_file():
+        raise FileNotFoundError(
+            f"{folder}: not an ONNX export (needs {EXPORT_ONNX} and {EXPORT_INFO})"
+        )
+    try:
+        info = json.loads(info_path.read_text())
+        info["groupings"] = groupings_of(info)
+        info["preprocessing"] = preprocessing_of(info)
+        heads = info["onnx_heads"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{info_path}: not an ssal model description ({e})") from None
+    return OnnxModel(onnx, heads), info
 
 
 def load_image(
@@ -161,7 +259,8 @@ def predict_tensors(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    device = next(model.parameters()).device
+    params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = params.device if params is not None else torch.device("cpu")
     images = images.to(device)
     if not images.is_floating_point():
         prep = info.get("preprocessing") or {}
@@ -185,12 +284,29 @@ def iter_predictions(
     alpha: float | None = None,
     top_k: int = 1,
     batch_size: int = 64,
+    skip: Callable[[Path, str], None] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """``predict_images`` batch by batch (one list of records per ``batch_size`` files)."""
+    """``predict_images`` batch by batch (one list of records per ``batch_size`` files).
+
+    An unreadable file raises ``ValueError``, or, with ``skip``, is reported to
+    ``skip(path, reason)`` and left out.
+    """
+    c, h, w = (int(v) for v in info["input_size"])
+    prep = info.get("preprocessing")
     for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
-        batch = predict_tensors(model, info, load_images(chunk, info), alpha, top_k)
-        yield [{"file": str(p), **r} for p, r in zip(chunk, batch, strict=True)]
+        files, images = [], []
+        for p in paths[start : start + batch_size]:
+            try:
+                images.append(load_image(p, c, (h, w), prep))
+            except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+                if skip is None:
+                    raise
+                skip(Path(p), str(e))
+                continue
+            files.append(p)
+        if files:
+            batch = predict_tensors(model, info, torch.stack(images), alpha, top_k)
+            yield [{"file": str(p), **r} for p, r in zip(files, batch, strict=True)]
 
 
 def predict_images(

@@ -2,11 +2,19 @@
 
 Configs are YAML mirroring the classes' arguments (``model:`` is ``SSALModule``, ``data:`` a
 datamodule, ``trainer:`` Lightning's own); every value can be overridden on the command line.
+Mistakes in either end in one line (``ConfigError``) that names the key, where it came from
+and, where one is close, the key that was meant.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import logging
 import os
+import re
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,16 +25,28 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssal.callbacks import (
+    NOTE,
     AutoGroupings,
     LastAndBestCheckpoint,
     NonFiniteLossGuard,
+    RunReport,
     use_loss_progress_bar,
 )
 from ssal.checkpoint import CHECKPOINT_KEY, groupings_of, read_checkpoint
 from ssal.runs import latest_checkpoint
 from ssal.train import SSALModule
 
-__all__ = ["SSALCLI", "run_lightning_cli"]
+log = logging.getLogger("ssal")
+
+__all__ = ["ConfigError", "Interrupted", "SSALCLI", "run_lightning_cli"]
+
+
+class ConfigError(ValueError):
+    """A config or command-line value Lightning's CLI refused, explained in one line."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run; the message is the command that resumes it."""
 
 
 MAX_CONFIG_BYTES = 2**20
@@ -35,14 +55,13 @@ MAX_CONFIG_VALUES = 100_000
 
 
 class SSALCLI(LightningCLI):
-    """LightningCLI for ``SSALModule`` with CSV + TensorBoard logs and last/best checkpoints.
-
-    Parse errors raise ``argparse.ArgumentError`` (``ssal fit`` prints them as one line)
-    instead of printing the usage and exiting.
-    """
+    """LightningCLI for ``SSALModule`` with CSV + TensorBoard logs and last/best checkpoints."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # errors raise (and become one line) instead of printing the usage and exiting;
+        # abbreviated keys are typos, not shortcuts
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -62,6 +81,9 @@ class SSALCLI(LightningCLI):
                 "checkpoint.monitor": "val/acc_fine",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-{epoch}",
+                "trainer.enable_model_summary": False,  # RunReport says what was built
+                # progress bars only where someone watches them (not in logs or pipes)
+                "trainer.enable_progress_bar": sys.stdout.isatty(),
                 "trainer.logger": {
                     "class_path": "ssal.loggers.ResumableCSVLogger",
                     "init_args": {"save_dir": "runs", "name": "ssal"},
@@ -83,13 +105,15 @@ class SSALCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        trainer = self.config[self.subcommand].trainer
+        cfg = self.config[self.subcommand]
+        trainer = cfg.trainer
         if not hasattr(trainer, "get"):  # jsonargparse lets a list through
             raise ValueError(f"trainer: must be a mapping of Trainer arguments, got {trainer!r}")
         if trainer.get("deterministic") and trainer.get("benchmark"):
             trainer.benchmark = None  # cuDNN's timed kernel choice is not deterministic
-        if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
-            _resolve_last(self.config["fit"])
+        _runs_under_root_dir(trainer)
+        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            _resolve_last(cfg)
 
     def _add_tensorboard(self) -> None:
         """Log to TensorBoard too, inside the CSV logger's run folder (one folder per run)."""
@@ -103,17 +127,47 @@ class SSALCLI(LightningCLI):
             return
         self.trainer.loggers = [*loggers, tb]
 
+    def _parse_ckpt_path(self) -> None:
+        """A missing, corrupt or foreign ``--ckpt_path`` is one line before Lightning reads it."""
+        if self.config.get("subcommand"):
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            if path and path != "last":
+                read_checkpoint(path)
+        super()._parse_ckpt_path()
+
+    def _load_data(self) -> None:
+        """Read the data before any run folder exists: a missing dataset leaves no trace."""
+        self.datamodule.prepare_data()
+        self.datamodule.setup("fit" if self.subcommand == "fit" else "test")
+
     def before_validate(self) -> None:
+        self._load_data()
         self._add_tensorboard()
 
     def before_test(self) -> None:
+        self._load_data()
         self._add_tensorboard()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit:  # Lightning's answer to Ctrl-C: exit(1) after a graceful stop
+            from lightning.pytorch.trainer.states import TrainerStatus
+
+            if self.trainer.state.status != TrainerStatus.INTERRUPTED:
+                raise
+            raise KeyboardInterrupt from None
 
     def before_fit(self) -> None:
         trainer, module = self.trainer, self.model
+        self._load_data()
+        batches = len(self.datamodule.train_dataloader())
+        if trainer.log_every_n_steps > max(1, batches // 2):  # short epochs still log curves
+            trainer.log_every_n_steps = max(1, batches // 4)
         self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
         trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
+        trainer.callbacks.append(RunReport())
         ckpt_path = self.config["fit"].get("ckpt_path")
         if ckpt_path and module.awaits_groupings:  # a resumed auto run keeps its groupings
             info = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]
@@ -143,6 +197,31 @@ def _resolve_last(cfg: Any) -> None:
     if "ResumableCSVLogger" in str(logger.get("class_path")):
         args.resume_step = int(ckpt.get("global_step", 0))
     cfg.ckpt_path = str(path)
+    step = int(ckpt.get("global_step", 0))
+    log.log(NOTE, "resuming from %s (after epoch %s, step %d)", path, ckpt.get("epoch"), step)
+
+
+def _runs_under_root_dir(trainer: Any) -> None:
+    """``--trainer.default_root_dir DIR`` puts the default logger's runs under ``DIR``."""
+    root, logger = trainer.get("default_root_dir"), trainer.get("logger")
+    if not root or not hasattr(logger, "get") or "CSVLogger" not in str(logger.get("class_path")):
+        return
+    args = logger.get("init_args")
+    if args is not None and args.get("save_dir") in (None, "runs"):
+        args["save_dir"] = str(Path(root) / "runs")
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that resumes an interrupted ``ssal fit`` (same options, ``--ckpt_path last``)."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--ckpt_path":
+            skip = True
+        elif not a.startswith("--ckpt_path="):
+            args.append(a)
+    return "ssal " + " ".join(shlex.quote(a) for a in [*args, "--ckpt_path", "last"])
 
 
 def config_files(argv: Sequence[str]) -> list[Path]:
@@ -196,6 +275,8 @@ def check_config(path: Path) -> None:
 
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
+    from jsonargparse import ArgumentError
+
     for path in config_files(argv):
         check_config(path)
     inherited = AutoGroupings.ENV in os.environ
@@ -208,7 +289,83 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+    except ArgumentError as e:
+        raise ConfigError(explain_config_error(str(e), argv)) from None
+    except KeyboardInterrupt:
+        if argv and argv[0] == "fit":
+            raise Interrupted(resume_command(argv)) from None
+        raise
     finally:
         if not inherited:  # a later run in this process derives its own groupings
             os.environ.pop(AutoGroupings.ENV, None)
     return 0
+
+
+# ---------------------------------------------------------------------- config errors
+def _keys_of(cls: Any, prefix: str) -> list[str]:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [f"{prefix}{n}" for n, p in params.items() if p.kind in kinds and n != "self"]
+
+
+def known_keys() -> list[str]:
+    """Every key a config may set: trainer, model, checkpoint, data (ssal's datamodules)."""
+    import importlib
+
+    from ssal.data.registry import DATAMODULES
+
+    keys = ["seed_everything", "ckpt_path", "config", "trainer", "model", "data", "checkpoint"]
+    keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.")
+    keys += _keys_of(LastAndBestCheckpoint, "checkpoint.")
+    for module, name in DATAMODULES.values():
+        cls = getattr(importlib.import_module(module), name)
+        keys += _keys_of(cls, "data.init_args.") + _keys_of(cls, "data.")
+    return sorted(set(keys))
+
+
+def _source(key: str, argv: Sequence[str]) -> str:
+    """Where a key came from: the command line, or the config file(s)."""
+    if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv):
+        return "on the command line"
+    configs = [str(c) for c in config_files(argv)]
+    leaf = key.rsplit(".", 1)[-1]
+    named = [c for c in configs if Path(c).is_file() and leaf in Path(c).read_text()]
+    return f"in {', '.join(named or configs)}" if configs else "in the config"
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, known_keys(), n=2, cutoff=0.75)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _unknown_key(message: str) -> str | None:
+    """The key an "unknown option" message of jsonargparse is about, if it is one."""
+    nested = re.search(
+        r'Parser key "([^"]+)":.*?Option \'([^\']+)\' is not accepted', message, re.S
+    )
+    if nested:
+        return f"{nested.group(1)}.init_args.{nested.group(2)}"
+    for pattern in (r"does not accept option '([^']+)'", r"unrecognized arguments: --([^\s=]+)"):
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1)
+    return None
+
+
+def explain_config_error(message: str, argv: Sequence[str]) -> str:
+    """One line for an error of Lightning's argument parser: which key, where, what to do."""
+    command = argv[0] if argv else "fit"
+    key = _unknown_key(message)
+    if key:
+        where = _source(key, argv)
+        return f"unknown key {key} {where}{_did_you_mean(key)} (see ssal {command} --help)"
+    bad = re.search(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
+    if bad:
+        key, detail = bad.group(1), " ".join(bad.group(2).split())
+        if key == "config":
+            return detail.replace("File does not exist", "config file not found")
+        return f"{key} {_source(key, argv)}: {detail[:200]}"
+    return " ".join(message.split())[:300]

@@ -12,11 +12,22 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 __all__ = ["ResumableCSVLogger"]
 
 
+def _before_resume(row: dict[str, str], step: int) -> bool:
+    """Whether a ``metrics.csv`` row belongs before the step a run resumes from. Rows at that
+    very step stay only when they carry an epoch (the last validation); rows without one there
+    were logged at the start of the next epoch (the learning rate), which the resumed run
+    logs again."""
+    if not row.get("step"):
+        return True
+    at = int(float(row["step"]))
+    return at < step or (at == step and bool(row.get("epoch")))
+
+
 class _AppendingWriter(ExperimentWriter):
     """Keeps an existing ``metrics.csv`` (a resumed run) and appends to it.
 
-    Rows logged after the step a run resumes from are dropped first: the resumed run logs
-    them again, so nothing is lost and nothing is counted twice.
+    Rows logged after the step a run resumes from are dropped first (``_before_resume``): the
+    resumed run logs them again, so nothing is lost and nothing is counted twice.
     """
 
     resume_step: int | None = None
@@ -30,7 +41,7 @@ class _AppendingWriter(ExperimentWriter):
             rows = list(reader)
         self.metrics_keys = sorted(keys)
         if self.resume_step is not None:
-            kept = [r for r in rows if not r.get("step") or int(r["step"]) <= self.resume_step]
+            kept = [r for r in rows if _before_resume(r, self.resume_step)]
             if len(kept) != len(rows):
                 with self._fs.open(self.metrics_file_path, "w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=self.metrics_keys)

@@ -33,30 +33,45 @@ def parameter_groups(
     weight_decay: float,
     branch_weight_decay: float | None = None,
     decay_norm_and_bias: bool = False,
+    backbone_lr_factor: float = 1.0,
 ) -> list[dict]:
     """Optimiser parameter groups: ``backbone`` and ``branches`` weights with their decay,
     ``no_decay`` for 1-D parameters (norm layers, biases) unless ``decay_norm_and_bias``.
 
     Values are PyTorch ``weight_decay`` (a Keras ``l2(wd)`` is ``2 * wd``); branch parameters
-    are those whose name starts with ``branches.`` (``SSALModel``'s layout).
+    are those whose name starts with ``branches.`` (``SSALModel``'s layout). With
+    ``backbone_lr_factor`` (fine-tuning a pretrained backbone) the backbone's groups, its 1-D
+    parameters included, carry ``lr_factor``: their learning rate is the peak times it.
     """
     branch_wd = weight_decay if branch_weight_decay is None else branch_weight_decay
-    groups: dict[str, list[nn.Parameter]] = {"backbone": [], "branches": [], "no_decay": []}
+    split = backbone_lr_factor != 1.0
+    groups: dict[str, list[nn.Parameter]] = {}
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
+        part = "branches" if name.startswith("branches.") else "backbone"
         if p.ndim <= 1 and not decay_norm_and_bias:
-            groups["no_decay"].append(p)
-        else:
-            groups["branches" if name.startswith("branches.") else "backbone"].append(p)
-    wd = {"backbone": weight_decay, "branches": branch_wd, "no_decay": 0.0}
-    return [{"params": ps, "weight_decay": wd[k], "name": k} for k, ps in groups.items() if ps]
+            part = f"{part}_no_decay" if split else "no_decay"
+        groups.setdefault(part, []).append(p)
+    wd = {"backbone": weight_decay, "branches": branch_wd}
+    out = []
+    for key in ("backbone", "branches", "no_decay", "backbone_no_decay", "branches_no_decay"):
+        if key in groups:
+            group = {"params": groups[key], "weight_decay": wd.get(key, 0.0), "name": key}
+            if key.startswith("backbone") and split:
+                group["lr_factor"] = backbone_lr_factor
+            out.append(group)
+    return out
 
 
 def sgd(
     groups: list[dict], lr: float, momentum: float, nesterov: bool, fused: bool = False
 ) -> torch.optim.SGD:
-    """SGD over ``groups`` (``fused`` kernels on CUDA)."""
+    """SGD over ``groups`` (``fused`` kernels on CUDA); a group's ``lr_factor`` scales its
+    learning rate."""
+    for g in groups:
+        if "lr_factor" in g:
+            g["lr"] = lr * g["lr_factor"]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
 
 

@@ -52,7 +52,10 @@ class SSALModule(L.LightningModule):
     ``channels_last`` default to on for CUDA devices and off elsewhere; ``compile_mode`` is
     ``torch.compile``'s ``mode``. ``weight_decay``/``branch_weight_decay`` are PyTorch
     ``weight_decay`` values (a Keras ``l2(wd)`` is ``2 * wd``) on conv and linear weights; norm
-    layers and biases get none unless ``decay_norm_and_bias``.
+    layers and biases get none unless ``decay_norm_and_bias``. ``pretrained``: ``True`` for
+    the backbone's published weights (timm and torchvision backbones), or a state dict or
+    safetensors file; the branches start fresh. ``backbone_lr_factor`` scales the backbone's
+    learning rate against the branches' (fine-tuning: e.g. 0.1).
     """
 
     def __init__(
@@ -82,6 +85,8 @@ class SSALModule(L.LightningModule):
         compile: bool | None = None,
         compile_mode: str | None = None,
         channels_last: bool | None = None,
+        pretrained: bool | str | None = None,
+        backbone_lr_factor: float = 1.0,
     ) -> None:
         super().__init__()
         if compile_mode not in COMPILE_MODES:
@@ -109,6 +114,7 @@ class SSALModule(L.LightningModule):
             positions=hp.positions,
             layouts=hp.layouts,
             bn_momentum=hp.bn_momentum,
+            pretrained=hp.pretrained,
         )
         self.groupings = list(self.net.groupings)
         self.branch_weights = self.entry.branch_weights(len(self.groupings), hp.branch_weights)
@@ -205,7 +211,11 @@ class SSALModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         groups = parameter_groups(
-            self.net, hp.weight_decay, hp.branch_weight_decay, hp.decay_norm_and_bias
+            self.net,
+            hp.weight_decay,
+            hp.branch_weight_decay,
+            hp.decay_norm_and_bias,
+            hp.backbone_lr_factor,
         )
         optimizer = sgd(groups, hp.lr, hp.momentum, hp.nesterov, self.device.type == "cuda")
         total = max(1, self.trainer.max_epochs or 1)

@@ -1,5 +1,6 @@
 """The paper's backbones and the registry of named SSAL models."""
 
+from ssal.backbones import external  # noqa: F401 - registers timm/... and torchvision/...
 from ssal.backbones.densenet import DenseNetBC
 from ssal.backbones.registry import (
     ModelEntry,

@@ -17,6 +17,7 @@ from torch import nn
 from ssal.backbones.densenet import DenseNetBC
 from ssal.backbones.resnet import PreActResNet, resnet50_imagenet
 from ssal.backbones.small import SmallCNN
+from ssal.backbones.weights import load_backbone_weights
 from ssal.backbones.wrn import WideResNet
 from ssal.grouping import Grouping, as_grouping
 from ssal.model import BranchSpec, SSALModel
@@ -26,6 +27,7 @@ __all__ = [
     "create_model",
     "default_groupings",
     "get_entry",
+    "list_families",
     "list_models",
     "model_summary",
     "register_model",
@@ -88,6 +90,15 @@ class ModelEntry:
     paper_run: tuple[int, int, int] | None = None
     # training settings a workflow uses for this model (the demo's, for small-cnn)
     recipe: dict = field(default_factory=dict)
+    # builds the backbone with its published weights (``num_classes``, ``in_channels``)
+    pretrained_build: Callable[..., nn.Module] | None = None
+
+    def group_sizes(self, num_classes: int) -> tuple[int, ...]:
+        """Groups per branch for ``num_classes`` classes: the paper's sizes where they fit,
+        else about C/5, C/3 and C/2 (the paper's proportions for CIFAR-100 and ImageNet)."""
+        if max(self.paper_groups) < num_classes:
+            return tuple(self.paper_groups)
+        return tuple(max(2, min(num_classes - 1, round(num_classes / d))) for d in (5, 3, 2))
 
     def branch_weights(self, num_branches: int, given: Sequence[float] | None = None) -> list:
         """Loss weights of the ``num_branches`` deepest branches (``given`` overrides)."""
@@ -96,7 +107,8 @@ class ModelEntry:
 
 
 _MODELS: dict[str, Callable[[], ModelEntry]] = {}
-_FAMILIES: list[tuple[re.Pattern, Callable[[re.Match], ModelEntry], str]] = []
+_FAMILIES: list[tuple[re.Pattern, Callable[[re.Match], ModelEntry], str, bool]] = []
+_SHOWN: dict[str, str] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[[], ModelEntry]], Callable[[], ModelEntry]]:
@@ -109,21 +121,32 @@ def register_model(name: str) -> Callable[[Callable[[], ModelEntry]], Callable[[
     return wrap
 
 
-def register_family(pattern: str, example: str) -> Callable:
-    """Decorator: register a family of models whose names match ``pattern``."""
+def register_family(
+    pattern: str, example: str, listed: bool = True, shown: str | None = None
+) -> Callable:
+    """Decorator: register a family of models whose names match ``pattern``; ``listed``
+    families show their example in ``list_models`` (timm's and torchvision's do not: they
+    need other libraries and their own lists); ``shown`` is the pattern for people
+    (``wrn-DEPTH-WIDTH``)."""
 
     def wrap(fn: Callable[[re.Match], ModelEntry]) -> Callable[[re.Match], ModelEntry]:
-        _FAMILIES.append((re.compile(pattern + r"\Z"), fn, example))
+        _FAMILIES.append((re.compile(pattern + r"\Z"), fn, example, listed))
+        _SHOWN[example] = shown or pattern
         return fn
 
     return wrap
+
+
+def list_families() -> list[dict[str, str]]:
+    """Every family of names: its pattern and an example."""
+    return [{"pattern": _SHOWN[ex], "example": ex} for _, _, ex, _ in _FAMILIES]
 
 
 def list_models(families: bool = True) -> list[str]:
     """Registered names; with ``families``, one example per family too (e.g. ``wrn-16-4``)."""
     names = list(_MODELS)
     if families:
-        names += [example for _, _, example in _FAMILIES if example not in names]
+        names += [ex for _, _, ex, listed in _FAMILIES if listed and ex not in names]
     return names
 
 
@@ -133,7 +156,7 @@ def get_entry(name: str) -> ModelEntry:
         raise ValueError(f"model must be a model name, got {name!r}; see `ssal models`")
     if name in _MODELS:
         return _MODELS[name]()
-    for pattern, fn, _ in _FAMILIES:
+    for pattern, fn, _, _ in _FAMILIES:
         m = pattern.match(name)
         if m:
             return fn(m)
@@ -161,6 +184,7 @@ def create_model(
     positions: Sequence[str] | None = None,
     layouts: Sequence[str] | None = None,
     bn_momentum: float | None = None,
+    pretrained: bool | str | None = None,
     **backbone_kwargs: object,
 ) -> SSALModel:
     """Build a registered model; ``groupings=None`` gives the plain baseline (no branches).
@@ -168,11 +192,22 @@ def create_model(
     One grouping per branch, in the entry's position order; with fewer groupings than
     positions the deepest positions (and layouts) are used. ``positions``/``layouts`` override
     the entry's (module names and layout strings); ``bn_momentum`` sets every batch norm's
-    (PyTorch convention: the weight of the new batch statistics).
+    (PyTorch convention: the weight of the new batch statistics). ``pretrained``: ``True``
+    for the backbone's published weights (timm's, torchvision's), or the path of a state dict
+    or safetensors file; the branches start fresh either way.
     """
     entry = get_entry(name)
     c_in = in_channels or entry.input_size[0]
-    backbone = entry.build(num_classes=num_classes, in_channels=c_in, **backbone_kwargs)
+    if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
+        if entry.pretrained_build is None:
+            raise ValueError(
+                f"{name} has no published weights; give a file: --model.pretrained PATH"
+            )
+        backbone = entry.pretrained_build(num_classes=num_classes, in_channels=c_in)
+    else:
+        backbone = entry.build(num_classes=num_classes, in_channels=c_in, **backbone_kwargs)
+        if pretrained and str(pretrained).lower() != "false":
+            load_backbone_weights(backbone, pretrained)
     specs: list[BranchSpec] = []
     if groupings:
         groupings = [as_grouping(g) for g in groupings]
@@ -338,17 +373,17 @@ def _small_cnn() -> ModelEntry:
     )
 
 
-@register_family(r"wrn-(\d+)-(\d+)", "wrn-16-4")
+@register_family(r"wrn-(\d+)-(\d+)", "wrn-16-4", shown="wrn-DEPTH-WIDTH")
 def _wrn_family(m: re.Match) -> ModelEntry:
     return _wrn_entry(m.group(0), int(m.group(1)), int(m.group(2)), se=False)
 
 
-@register_family(r"sewrn-(\d+)-(\d+)", "sewrn-16-8")
+@register_family(r"sewrn-(\d+)-(\d+)", "sewrn-16-8", shown="sewrn-DEPTH-WIDTH")
 def _sewrn_family(m: re.Match) -> ModelEntry:
     return _wrn_entry(m.group(0), int(m.group(1)), int(m.group(2)), se=True)
 
 
-@register_family(r"densenet-bc-(\d+)-(\d+)", "densenet-bc-100-12")
+@register_family(r"densenet-bc-(\d+)-(\d+)", "densenet-bc-100-12", shown="densenet-bc-DEPTH-GROWTH")
 def _densenet_family(m: re.Match) -> ModelEntry:
     return _densenet_entry(m.group(0), int(m.group(1)), int(m.group(2)))
 

@@ -6,6 +6,7 @@ traceback); ``fit``, ``validate`` and ``test`` are handed to Lightning's CLI.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,16 +23,28 @@ from ssal.cli import (
     report,
     study,
 )
-from ssal.cli.common import Parser, UserError
+from ssal.cli.common import Parser, UserError, configure_output, one_line
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> Parser:
     """The ``ssal`` parser with every subcommand."""
-    parser = Parser(prog="ssal", description="Self-Supervised Autogenous Learning for PyTorch.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser = Parser(
+        prog="ssal",
+        description="Self-Supervised Autogenous Learning for PyTorch: classifiers with coarse "
+        "auxiliary branches and joint prediction.",
+        epilog="Each command has --help. Options are --kebab-case, except for fit, validate and "
+        "test, which take Lightning's config keys (--trainer.max_epochs 10, --model.lr 0.05, "
+        "--data.init_args.data_dir DIR).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show the libraries' warnings and messages"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, metavar="COMMAND", title="commands"
+    )
     models.add_parser(sub)
     fit.add_parsers(sub)
     for command in (group, evaluate, predict, report, study, export, data, bench, demo):
@@ -42,17 +55,22 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssal`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    if argv and argv[0] in fit.LIGHTNING_COMMANDS:
-        return fit.run(argv, debug)
+    debug, verbose = "--debug" in argv, "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]  # anywhere on the line
     try:
+        if argv and argv[0] in fit.LIGHTNING_COMMANDS:
+            return fit.run(argv, debug, verbose)
+        configure_output(verbose)
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
         if debug:
             raise
-        print(f"ssal: error: {e}", file=sys.stderr)
+        print(f"ssal: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ssal: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (``| head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

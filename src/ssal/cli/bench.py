@@ -4,40 +4,54 @@ from __future__ import annotations
 
 import argparse
 
-from ssal.cli.common import UserError, console
+from ssal.cli.common import UserError, show_table
 from ssal.files import write_json
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="training/eval throughput, FLOPs, MFU, speedup")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser(
+        "bench",
+        help="training/eval throughput, FLOPs, MFU, speedup",
+        description="Time ssal fit's training step (and evaluation) of a model on synthetic "
+        "data, next to a plain PyTorch loop; FLOPs, MFU, memory, the branches' share.",
+    )
+    p.add_argument("--model", required=True, help="a registered model (see ssal models)")
     p.add_argument("--ssal", action="store_true", help="with branches (and their overhead)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=30, help="timed steps")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="N", help="images per step")
+    p.add_argument("--steps", type=int, default=30, metavar="N", help="timed steps")
+    p.add_argument(
+        "--warmup", type=int, default=10, metavar="N", help="untimed steps first (compilation)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "bf16"])
-    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--precision", default="32", choices=["32", "bf16-mixed", "bf16"], help="training precision"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
         "--compile-mode",
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile mode (the last three tune kernels; the middle two add CUDA graphs)",
     )
     p.add_argument("--profile", metavar="DIR", help="also write operator tables and traces here")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: table)")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument(
+        "--peak-tflops", type=float, help="device peak for MFU (default: the datasheet's)"
+    )
+    p.add_argument(
+        "--num-classes", type=int, metavar="N", help="classes (default: the model's dataset's)"
+    )
     p.add_argument("--no-reference", action="store_true", help="skip the plain PyTorch loop")
-    p.add_argument("--reference-workers", type=int, help="DataLoader workers of the reference")
-    p.add_argument("--json", help="write the result to this JSON file")
+    p.add_argument(
+        "--reference-workers", type=int, metavar="N", help="DataLoader workers of the plain loop"
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the result to this JSON file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.table import Table
 
     from ssal.bench import bench_rows, run_bench
 
@@ -63,11 +77,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         write_json(args.json, result)
-    t = Table(title="ssal bench")
     cols = ("model", "device", "precision", "train img/s", "eval img/s", "MFU", "speedup")
-    for col in (*cols, "branches", "memory"):
-        t.add_column(col)
-    for row in bench_rows([result]):
-        t.add_row(*row)
-    console().print(t)
+    show_table("ssal bench", (*cols, "branches", "memory"), bench_rows([result]))
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator
+import logging
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -11,11 +14,16 @@ __all__ = [
     "UserError",
     "add_data_args",
     "checkpoint_data",
+    "configure_output",
     "console",
     "device",
     "mean_std",
+    "one_line",
     "pct",
+    "say",
+    "show_table",
     "track",
+    "warn",
 ]
 
 
@@ -23,11 +31,59 @@ class UserError(Exception):
     """An error the user can fix; printed as one line."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help with each option's default (where it has one and its text does not say it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not text
+            or any(default is x for x in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        if isinstance(default, list | tuple):
+            default = " ".join(str(d) for d in default)
+        return f"{text} (default: {default})"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and defaults in the help."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, no usage dump
         raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def configure_output(verbose: bool = False) -> None:
+    """What a command prints: ssal's own lines (``ssal: ...`` on stderr) and, unless
+    ``verbose``, no library warnings, start-up lines, tips or summaries.
+
+    ssal logs its notes at ``ssal.callbacks.NOTE`` (between INFO and WARNING); the libraries'
+    INFO records (Lightning's start-up lines and tips) are switched off below that.
+    """
+    ours = logging.getLogger("ssal")
+    ours.handlers = [logging.StreamHandler(sys.stderr)]
+    ours.handlers[0].setFormatter(logging.Formatter("ssal: %(message)s"))
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    if not verbose:
+        logging.disable(logging.INFO)
+        warnings.simplefilter("ignore")
+
+
+def say(message: str) -> None:
+    """One line of ssal's own on stderr (files written, what happens)."""
+    print(f"ssal: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"ssal: warning: {message}", file=sys.stderr)
 
 
 def console(stderr: bool = False) -> Any:
@@ -41,7 +97,7 @@ def track(enabled: bool = True) -> Any:
     """A progress bar on stderr for evaluation loops (``ssal.evaluate.Track``), or none."""
 
     def wrap(iterable: Iterable, description: str, total: int | None) -> Iterator:
-        if not enabled:
+        if not enabled or not sys.stderr.isatty():  # no bar in logs and pipes
             yield from iterable
             return
         from rich.progress import Progress
@@ -53,6 +109,11 @@ def track(enabled: bool = True) -> Any:
                 bar.advance(task)
 
     return wrap
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (what ``ssal: error:`` prints)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def pct(v: float | None) -> str:
@@ -84,11 +145,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """Options of commands that evaluate a checkpoint on its data."""
     p.add_argument(
         "--data-dir",
-        "--data.data_dir",
-        dest="data_dir",
+        metavar="DIR",
         help="data folder (default: the one the checkpoint was trained on)",
     )
-    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the data's)")
+    p.add_argument("--data.data_dir", dest="data_dir", help=argparse.SUPPRESS)  # older spelling
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="evaluation batch size (default: the data's)"
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
@@ -100,3 +163,40 @@ def checkpoint_data(args: argparse.Namespace) -> tuple[Any, dict, Any]:
     model, info = load_checkpoint(args.checkpoint)
     overrides = {"data_dir": args.data_dir, "eval_batch_size": getattr(args, "batch_size", None)}
     return model, info, datamodule_from_config(info.get("data"), **overrides)
+
+
+SECTION = None  # a row of ``show_table`` that ends a section (a rule in the terminal)
+
+
+def show_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str] | None],
+    right: Sequence[str] = (),
+) -> None:
+    """A table on stdout: drawn to fit the terminal (cells wrap, never cut), or, when stdout
+    is not a terminal (piped, redirected), plain tab-separated lines under ``# title``.
+
+    Cells may hold rich markup (``[red]no[/red]``); ``None`` rows end a section.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    out = console()
+    if not out.is_terminal:
+        print(f"# {title}")
+        print("\t".join(columns))
+        for row in rows:
+            if row is not None:
+                print("\t".join(Text.from_markup(str(c)).plain for c in row))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    for row in rows:
+        if row is None:
+            if table.rows:
+                table.rows[-1].end_section = True
+        else:
+            table.add_row(*(str(c) for c in row))
+    out.print(table)

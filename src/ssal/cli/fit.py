@@ -12,35 +12,27 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Listed for ``ssal --help``; ``main`` hands these commands to Lightning's CLI."""
+    what = {"fit": "train", "validate": "validate", "test": "test"}
     for name in LIGHTNING_COMMANDS:
-        sub.add_parser(name, help=f"{name} with a YAML config (Lightning CLI; see ssal {name} -h)")
+        sub.add_parser(name, help=f"{what[name]} from a YAML config (see ssal {name} --help)")
 
 
-def run(argv: list[str], debug: bool) -> int:
+def run(argv: list[str], debug: bool, verbose: bool) -> int:
     """Run ``ssal fit|validate|test ...`` (``argv`` starts with the subcommand)."""
-    from ssal.lightning_cli import run_lightning_cli
+    from ssal.cli.common import configure_output, one_line
+    from ssal.lightning_cli import Interrupted, run_lightning_cli
 
-    argv = [a for a in argv if a != "--debug"]
+    configure_output(verbose)  # after Lightning is imported: it sets its loggers on import
     try:
         return run_lightning_cli(argv)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         if debug:
             raise
-        print(f"ssal: error: {_with_configs(_one_line(e), argv)}", file=sys.stderr)
+        print(f"ssal: error: {_with_configs(one_line(e), argv)}", file=sys.stderr)
         return 2
-    except argparse.ArgumentError as e:  # the config or an option does not parse
-        if debug:
-            raise
-        text = _with_configs(_one_line(e, 400), argv)
-        print(f"ssal: error: {text}; see ssal {argv[0]} --help", file=sys.stderr)
-        return 2
-
-
-def _one_line(e: BaseException, limit: int = 1000) -> str:
-    """An error's message on one line (jsonargparse's span several and may quote a whole
-    value)."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    except Interrupted as e:
+        print(f"ssal: interrupted; resume with: {e}", file=sys.stderr)
+        return 130
 
 
 def _with_configs(message: str, argv: list[str]) -> str:

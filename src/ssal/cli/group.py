@@ -8,24 +8,42 @@ from pathlib import Path
 
 import numpy as np
 
-from ssal.cli.common import add_data_args, checkpoint_data, console, device, track
+from ssal.cli.common import add_data_args, checkpoint_data, device, say, track
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("group", help="derive groupings from a confusion matrix")
+    p = sub.add_parser(
+        "group",
+        help="derive groupings from a confusion matrix",
+        description="Group the classes as the paper does: from a baseline's confusion on its "
+        "held-out split (--checkpoint), or from a confusion matrix file.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--confusion", help="(C, C) confusion matrix as .npy")
-    src.add_argument("--checkpoint", help="baseline checkpoint (confusion on held-out split)")
-    p.add_argument("--groups", type=int, nargs="+", required=True, help="numbers of groups")
-    p.add_argument("--mode", choices=["similar", "split"], default="similar")
-    p.add_argument("--size-margin", type=float, default=1.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--names", help="class names: one per line, or a JSON list")
-    p.add_argument("--out", required=True, help="groupings JSON file to write")
+    src.add_argument("--confusion", metavar="FILE", help="(C, C) confusion matrix as .npy")
+    src.add_argument(
+        "--checkpoint", metavar="FILE", help="baseline checkpoint (confusion on held-out split)"
+    )
+    p.add_argument(
+        "--groups", type=int, nargs="+", required=True, metavar="G", help="numbers of groups"
+    )
+    p.add_argument(
+        "--mode",
+        choices=["similar", "split"],
+        default="similar",
+        help="similar: confused classes together; split: apart",
+    )
+    p.add_argument(
+        "--size-margin", type=float, default=1.1, metavar="M", help="largest group: M x C / G"
+    )
+    p.add_argument("--seed", type=int, default=0, help="breaks ties")
+    p.add_argument("--names", metavar="FILE", help="class names: one per line, or a JSON list")
+    p.add_argument("--out", required=True, metavar="FILE", help="groupings JSON file to write")
     add_data_args(p)
-    p.add_argument("--save-confusion", help="with --checkpoint: also save the confusion .npy")
+    p.add_argument(
+        "--save-confusion", metavar="FILE", help="with --checkpoint: also save the confusion .npy"
+    )
     p.set_defaults(func=run)
 
 
@@ -118,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if names is not None and len(names) != confusion.shape[0]:
         raise ValueError(f"{args.names}: {len(names)} names for {confusion.shape[0]} classes")
     out = save_groupings(args.out, groupings, names)
-    sizes = ", ".join(
-        f"{g.name}: sizes {np.bincount(g.assignment).min()}-{np.bincount(g.assignment).max()}"
-        for g in groupings
-    )
-    console(stderr=True).print(f"wrote {out} ({sizes})")
+    label = (lambda c: names[c]) if names is not None else str
+    for g in groupings:
+        groups = [" + ".join(label(c) for c in g.members(k)) for k in range(g.num_groups)]
+        print(f"{g.name}: " + " | ".join(groups))
+    say(f"wrote {out}")
     return 0

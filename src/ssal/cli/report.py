@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ssal.cli.common import add_data_args, console, device, pct, track
+from ssal.cli.common import add_data_args, device, pct, say, show_table, track, warn
 from ssal.files import write_json
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="HTML report with plots for run folders or a study")
+    p = sub.add_parser(
+        "report",
+        help="HTML report with plots for run folders or a study",
+        description="One self-contained HTML page: for run folders, evaluated on the held-out "
+        "and test splits; for a study, from its study.json.",
+    )
     p.add_argument(
         "runs",
         nargs="+",
@@ -20,8 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run folders (ssal demo's folder reports its baseline and SSAL runs), or one "
         "ssal study folder (or its study.json)",
     )
-    p.add_argument("--out", help="HTML file to write (default: report.html in the first RUN_DIR)")
-    p.add_argument("--json", help="also write the plotted data to this JSON file")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="HTML file to write (default: report.html in the first RUN_DIR)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the plotted data to this JSON file")
     p.add_argument("--alpha", type=float, help="fixed alpha (default: chosen on held-out split)")
     add_data_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -47,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, data)
     for r in data["runs"]:
         for w in r.get("warnings") or []:
-            console(stderr=True).print(f"warning: {w}")
+            warn(w)
     _print(data)
-    console(stderr=True).print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
@@ -63,38 +72,28 @@ def _study(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, data)
     print_study(summary)
-    console(stderr=True).print(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
 def _print(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
     runs = data["runs"]
-    t = Table(title="ssal report (test split)")
-    t.add_column("measure")
-    for r in runs:
-        t.add_column(r["name"], justify="right")
     has = lambda r: bool(r["groupings"])  # noqa: E731
-    t.add_row("fine head (+TR)", *(pct(r["test"]["fine_accuracy"]) for r in runs))
-    t.add_row("joint (+JP)", *(pct(r["test"]["joint_accuracy"]) if has(r) else "-" for r in runs))
-    t.add_row(
-        "all heads agree: accuracy",
-        *(pct(r["set_aside"]["kept_accuracy"]) if has(r) else "-" for r in runs),
+    aurc = lambda r, how: (  # noqa: E731
+        f"{r['risk_coverage'][how]['aurc']:.4f}" if how in r["risk_coverage"] else "-"
     )
-    t.add_row(
-        "AURC by confidence", *(f"{r['risk_coverage']['confidence']['aurc']:.4f}" for r in runs)
-    )
-    t.add_row(
-        "AURC by disagreement",
-        *(
-            f"{r['risk_coverage']['disagreement']['aurc']:.4f}"
-            if "disagreement" in r["risk_coverage"]
-            else "-"
-            for r in runs
-        ),
-    )
+    rows = [
+        ["fine head (+TR)", *(pct(r["test"]["fine_accuracy"]) for r in runs)],
+        ["joint (+JP)", *(pct(r["test"]["joint_accuracy"]) if has(r) else "-" for r in runs)],
+        [
+            "all heads agree: accuracy",
+            *(pct(r["set_aside"]["kept_accuracy"]) if has(r) else "-" for r in runs),
+        ],
+        ["AURC by confidence", *(aurc(r, "confidence") for r in runs)],
+        ["AURC by disagreement", *(aurc(r, "disagreement") for r in runs)],
+    ]
     if all("hierarchy" in r for r in runs):
         sev = lambda h: "-" if h["mean_severity"] is None else f"{h['mean_severity']:.3f}"  # noqa: E731
-        t.add_row("mean mistake severity", *(sev(r["hierarchy"]) for r in runs))
-    console().print(t)
+        rows.append(["mean mistake severity", *(sev(r["hierarchy"]) for r in runs)])
+    names = [r["name"] for r in runs]
+    show_table("ssal report (test split)", ["measure", *names], rows, right=names)

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from ssal.cli.common import console
+from ssal.cli.common import console, show_table
 
 __all__ = ["add_parser", "print_study", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="configs x seeds: mean ± std and paired differences")
-    p.add_argument("--config", nargs="+", required=True, help="YAML configs (ssal fit)")
-    p.add_argument("--name", nargs="+", help="a name per config (default: file stems)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--grid", nargs="+", help="KEY=V1,V2: variants of every config")
-    p.add_argument("--baseline", help="config the others are compared with (default: first)")
-    p.add_argument("--out", required=True, help="study folder (runs resume from it)")
-    p.add_argument("--devices", type=int, default=0, help="GPUs to spread runs over")
-    p.add_argument("--parallel", type=int, help="runs at a time (default: one per device)")
-    p.add_argument("--max-runs", type=int, help="stop after this many new runs")
+    p = sub.add_parser(
+        "study",
+        help="configs x seeds: mean ± std and paired differences",
+        description="Train and evaluate every config at every seed (resuming where a study "
+        "stopped); print per config mean ± std and paired differences with 95% intervals.",
+    )
+    p.add_argument(
+        "--config", nargs="+", required=True, metavar="FILE", help="YAML configs (ssal fit)"
+    )
+    p.add_argument("--name", nargs="+", help="a name per config (default: the file names)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S", help="seeds")
+    p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="variants of every config")
+    p.add_argument("--baseline", help="config the others are compared with (default: the first)")
+    p.add_argument("--out", required=True, metavar="DIR", help="study folder (runs resume from it)")
+    p.add_argument("--devices", type=int, default=0, metavar="N", help="GPUs to spread runs over")
+    p.add_argument(
+        "--parallel", type=int, metavar="N", help="runs at a time (default: one per device)"
+    )
+    p.add_argument("--max-runs", type=int, metavar="N", help="stop after this many new runs")
     p.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="after --: options passed to every `ssal fit`"
     )
@@ -37,42 +45,33 @@ def run(args: argparse.Namespace) -> int:
     summary = run_study(
         runs, args.out, args.devices, args.baseline, args.max_runs, args.parallel, log=out.print
     )
-    print_study(summary, out)
+    print_study(summary)
     out.print(f"wrote {Path(args.out) / 'study.json'}")
     return 0
 
 
-def print_study(summary: dict, out: Any = None) -> None:
+def print_study(summary: dict) -> None:
     """The study tables: per config mean ± std, then differences with their 95% intervals.
 
     Laid out to fit an 80-column terminal; the HTML report (``ssal report``) has every column.
     """
-    from rich.table import Table
-
     from ssal.report.study_page import config_rows, difference_rows, pair_rows
 
-    out = out or console()
     done = summary.get("finished_runs")
     runs = f"{done} of {summary.get('planned_runs')} runs, " if done is not None else ""
-    t = Table(title=f"study: {runs}test accuracy, mean ± std over seeds")
-    for col in ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to base"):
-        t.add_column(col, justify="left" if col == "config" else "right", no_wrap=col != "config")
-    for name, seeds, tr, jp, _alpha, reach, _seconds in config_rows(summary):
-        t.add_row(name, seeds, tr, jp, reach)
-    out.print(t)
+    cols = ("config", "seeds", "+TR (%)", "+JP (%)", "epochs to base")
+    rows = [[n, s, tr, jp, reach] for n, s, tr, jp, _a, reach, _t in config_rows(summary)]
+    show_table(f"study: {runs}test accuracy, mean ± std over seeds", cols, rows, right=cols[1:])
     base = summary["baseline"]
-    d = Table(title=f"minus {base}'s +TR, points: {summary['interval']}")
-    for col in ("config", "head", "difference [95% CI]", "shows", "seeds"):
-        d.add_column(col, justify="left" if col in ("config", "head") else "right")
+    rows = []
     for name, tr, tr_shows, jp, jp_shows, n in difference_rows(summary):
-        d.add_row(name, "+TR", tr, tr_shows, n)
+        rows.append([name, "+TR", tr, tr_shows, n])
         if jp != "-":
-            d.add_row("", "+JP", jp, jp_shows, n)
-    out.print(d)
+            rows.append(["", "+JP", jp, jp_shows, n])
+    cols = ("config", "head", "difference [95% CI]", "shows", "seeds")
+    title = f"minus {base}'s +TR, points: {summary['interval']}"
+    show_table(title, cols, rows, right=cols[2:])
     if len(summary["configs"]) > 2:
-        pt = Table(title="all pairs, b - a, points")
-        for col in ("a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)"):
-            pt.add_column(col)
-        for a, b, tr, jp, _ in pair_rows(summary):
-            pt.add_row(a, b, tr, jp)
-        out.print(pt)
+        rows = [[a, b, tr, jp] for a, b, tr, jp, _ in pair_rows(summary)]
+        cols = ("a", "b", "+TR(b) - +TR(a)", "+JP(b) - +JP(a)")
+        show_table("all pairs, b - a, points", cols, rows)

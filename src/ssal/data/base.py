@@ -41,6 +41,15 @@ class SSALDataModule(lightning.LightningDataModule):
         self._epoch_rng: tuple[tuple, torch.Generator] | None = None
 
     # ---- protocol -------------------------------------------------------------------------
+    def test_dataloader(self) -> DataLoader:
+        """The test split, in order: what training validates on (the paper reports the test
+        set), so the same loader."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order."""
+        return self.val_dataloader()
+
     def heldout_dataloader(self) -> DataLoader:
         """The held-out part of the training split, in order, without augmentation."""
         raise NotImplementedError(f"{type(self).__name__} has no held-out split")

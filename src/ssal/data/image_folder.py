@@ -186,14 +186,6 @@ class ImageFolderDataModule(SSALDataModule):
         self.setup()
         return self._loader(self.val_set, self.eval_batch_size, train=False)
 
-    def test_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
-
     def heldout_dataloader(self) -> DataLoader:
         """Centre-cropped held-out part of ``train/``, in order."""
         self.setup()

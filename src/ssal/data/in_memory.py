@@ -226,14 +226,6 @@ class InMemoryDataModule(SSALDataModule):
         assert self.test_arrays is not None
         return self._loader(self.test_arrays, self.eval_batch_size, train=False)
 
-    def test_dataloader(self) -> DataLoader:
-        """The test split, in order."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split, in order."""
-        return self.val_dataloader()
-
     def heldout_dataloader(self) -> DataLoader:
         """The held-out part of the training split, in order, without augmentation."""
         self._ready()

@@ -426,9 +426,6 @@ class ShardDataModule(SSALDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
     def heldout_dataloader(self) -> DataLoader:
         return self._loader("heldout", False)
 

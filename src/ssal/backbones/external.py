@@ -1,0 +1,265 @@
+"""timm and torchvision backbones by name: ``timm/<name>`` and ``torchvision/<name>``.
+
+``ssal.create_model("timm/convnext_tiny", 10, groupings)`` builds timm's model (or
+torchvision's, with ``torchvision/resnet18``) with ``num_classes`` outputs and attaches SSAL
+branches. Positions default to the backbone's stages at about a quarter, half and three
+quarters of its depth: timm's ``feature_info`` for timm models, the modules that end each
+resolution of the network for torchvision's. Layouts default to the authors' ImageNet branches
+with every width scaled by the backbone's width at the position over ResNet-50's there, so a
+small backbone gets small branches. timm is optional (``pip install 'ssal[timm]'``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ssal.backbones.registry import IMAGENET_LAYOUTS, ModelEntry, register_family
+from ssal.layouts import Block, parse_layout
+
+__all__ = ["scale_layout", "stage_positions"]
+
+RESNET50_WIDTHS = (256, 512, 1024)  # ResNet-50's channels after stages 1-3, where its branches read
+_WIDTH_ARG = {"cbr": 256.0, "inception_c": 0.5, "inception_d": 0.5, "inception_e": 1.0}
+DEFAULT_INPUT = (3, 224, 224)
+
+
+def scale_layout(layout: str, factor: float) -> str:
+    """``layout`` with every width (``cbr``'s filters, the Inception blocks' width factor)
+    multiplied by ``factor``; other blocks as they are."""
+    out = []
+    for block in parse_layout(layout):
+        if block.name in _WIDTH_ARG:
+            args = list(block.args) or [_WIDTH_ARG[block.name]]
+            args[0] = args[0] * factor
+            if block.name == "cbr":
+                args[0] = max(8, round(args[0]))
+            block = Block(block.name, tuple(args))
+        out.append(str(block))
+    return " ".join(out)
+
+
+def _quarters(stages: Sequence[str]) -> list[str]:
+    """The stages at about 1/4, 1/2 and 3/4 of the depth (the first three of four)."""
+    n = len(stages)
+    if n < 3:
+        raise ValueError(
+            f"found {n} stage(s) with (N, C, H, W) feature maps where SSAL's three branches need "
+            "3; give the positions by module name (--model.positions)"
+        )
+    picks = sorted({max(0, round(n * k / 4) - 1) for k in (1, 2, 3)})
+    while len(picks) < 3:  # short networks: fill from the front
+        picks = sorted({*picks, min(set(range(n)) - set(picks))})
+    return [stages[i] for i in picks]
+
+
+@torch.no_grad()
+def stage_positions(backbone: nn.Module, input_size: Sequence[int]) -> tuple[list[str], list[int]]:
+    """Module names that end each resolution of ``backbone`` (reductions 4, 8, 16, 32...),
+    found by one forward pass on the meta device, and their channels.
+
+    Candidates are the backbone's children and the children of its containers (``features``,
+    ``trunk_output``, ``layer3``...); a container that stays at one resolution stands for its
+    children (``layer3``, not ``layer3.5``), one that spans several gives way to them."""
+    containers = {
+        name
+        for name, child in backbone.named_children()
+        if isinstance(child, nn.Sequential | nn.ModuleList | nn.ModuleDict) and len(child) > 1
+    }
+    candidates = [(n, m) for n, m in backbone.named_children()]
+    candidates += [
+        (f"{c}.{n}", m) for c in containers for n, m in backbone.get_submodule(c).named_children()
+    ]
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, _a, out, n=n: (
+                seen.append((n, tuple(out.shape)))
+                if isinstance(out, torch.Tensor) and out.dim() == 4
+                else None
+            )
+        )
+        for n, m in candidates
+    ]
+    try:
+        backbone.to("meta").eval()(torch.zeros(1, *input_size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    side = input_size[-1]
+    level = {n: round(side / shape[-1]) for n, shape in seen}
+    single = {
+        c for c in containers if len({r for n, r in level.items() if n.startswith(c + ".")}) <= 1
+    }
+    ends: dict[int, tuple[str, int]] = {}
+    for name, shape in seen:
+        owner = name.split(".", 1)[0]
+        usable = name in single or (owner not in single and name not in containers)
+        if usable and 4 <= level[name] <= 64 and shape[-1] > 1:  # not the stem or a global pool
+            ends[level[name]] = (name, shape[1])  # the last module at this resolution
+    levels = sorted(ends)
+    return [ends[r][0] for r in levels], [ends[r][1] for r in levels]
+
+
+def _layouts(widths: Sequence[int]) -> tuple[str, ...]:
+    return tuple(
+        scale_layout(layout, max(1 / 16, w / ref))
+        for layout, w, ref in zip(IMAGENET_LAYOUTS, widths, RESNET50_WIDTHS, strict=True)
+    )
+
+
+def _entry(
+    name: str,
+    build: Callable[..., nn.Module],
+    pretrained_build: Callable[..., nn.Module],
+    positions: list[str],
+    widths: list[int],
+    input_size: tuple[int, int, int],
+    description: str,
+) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        build=build,
+        input_size=input_size,
+        positions=tuple(positions),
+        layouts=_layouts(widths),
+        weights=(1.0, 1.0, 1.0),
+        alpha=0.3,
+        paper_positions=((1, -1), (2, -1), (3, -1)),
+        paper_groups=(200, 334, 500),
+        description=description,
+        pretrained_build=pretrained_build,
+    )
+
+
+# ------------------------------------------------------------------------------- timm
+def _timm() -> object:
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(
+            "timm backbones need timm: pip install 'ssal[timm]' (or pip install timm)"
+        ) from None
+    return timm
+
+
+@functools.lru_cache(maxsize=64)
+def _timm_entry(model_name: str) -> ModelEntry:
+    timm = _timm()
+    known = timm.list_models()
+    if model_name not in known and model_name.split(".")[0] not in known:
+        close = difflib.get_close_matches(model_name, known, n=3)
+        hint = f"; did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
+        raise ValueError(f"timm has no model {model_name!r}{hint}")
+
+    def build(num_classes: int, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
+        return timm.create_model(
+            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels
+        )
+
+    with torch.device("meta"):
+        probe = build(1000)
+    stages = [f for f in probe.feature_info if f["reduction"] >= 4]
+    picked = _quarters([f["module"] for f in stages])
+    widths = [next(f["num_chs"] for f in stages if f["module"] == p) for p in picked]
+    size = tuple(probe.pretrained_cfg.get("input_size", DEFAULT_INPUT))
+    return _entry(
+        f"timm/{model_name}",
+        build,
+        functools.partial(
+            _published, f"timm/{model_name}", lambda **kw: build(**kw, pretrained=True)
+        ),
+        picked,
+        widths,
+        size,  # type: ignore[arg-type]
+        f"timm's {model_name}; branches after {', '.join(picked)}",
+    )
+
+
+# ------------------------------------------------------------------------ torchvision
+@functools.lru_cache(maxsize=64)
+def _torchvision_entry(model_name: str) -> ModelEntry:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if model_name not in known:
+        close = difflib.get_close_matches(model_name, known, n=3)
+        hint = f"; did you mean {', '.join('torchvision/' + c for c in close)}?" if close else ""
+        raise ValueError(f"torchvision has no classification model {model_name!r}{hint}")
+
+    def build(num_classes: int, in_channels: int = 3, weights: str | None = None) -> nn.Module:
+        if in_channels != 3:
+            raise ValueError(f"torchvision/{model_name} takes 3-channel images, not {in_channels}")
+        if weights is None:
+            return torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
+        model = torchvision.models.get_model(model_name, weights=weights)
+        _replace_head(model, num_classes)
+        return model
+
+    try:
+        with torch.device("meta"):
+            probe = build(1000)
+    except (NotImplementedError, RuntimeError):  # builders that compute with tensors (regnet)
+        probe = build(1000)
+    names, channels = stage_positions(probe, DEFAULT_INPUT)
+    picked = _quarters(names)
+    widths = [channels[names.index(p)] for p in picked]
+    return _entry(
+        f"torchvision/{model_name}",
+        build,
+        functools.partial(
+            _published, f"torchvision/{model_name}", lambda **kw: build(**kw, weights="DEFAULT")
+        ),
+        picked,
+        widths,
+        DEFAULT_INPUT,
+        f"torchvision's {model_name}; branches after {', '.join(picked)}",
+    )
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    """A fresh last linear layer with ``num_classes`` outputs (published weights have 1000)."""
+    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    name, linear = last
+    if linear.out_features == num_classes:
+        return
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(linear.in_features, num_classes))
+
+
+def _published(name: str, build: Callable[..., nn.Module], **kwargs: object) -> nn.Module:
+    """Build with the published weights (from the library's local cache); one clear line
+    where the file is missing and cannot be downloaded."""
+    try:
+        return build(**kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, ValueError) and "timm" in str(e) and "pip install" in str(e):
+            raise
+        where = (
+            f"{torch.hub.get_dir()}/checkpoints"
+            if name.startswith("torchvision/")
+            else "the Hugging Face cache (~/.cache/huggingface/hub)"
+        )
+        reason = " ".join(str(e).split())[:160]
+        raise ValueError(
+            f"published weights of {name} could not be loaded ({reason}); without network the "
+            f"file must be in {where} (download it where there is network), or give "
+            "--model.pretrained PATH"
+        ) from None
+
+
+@register_family(r"timm/([\w.\-]+)", "timm/resnet18", listed=False, shown="timm/NAME")
+def _timm_family(m: re.Match) -> ModelEntry:
+    return _timm_entry(m.group(1))
+
+
+@register_family(
+    r"torchvision/(\w+)", "torchvision/resnet18", listed=False, shown="torchvision/NAME"
+)
+def _torchvision_family(m: re.Match) -> ModelEntry:
+    return _torchvision_entry(m.group(1))

@@ -1,0 +1,223 @@
+"""SSAL on the models people already use: timm and torchvision backbones by name, pretrained
+weights from a file, and ONNX export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ssal
+from ssal.backbones.external import scale_layout, stage_positions
+from ssal.backbones.registry import IMAGENET_LAYOUTS, default_groupings
+from ssal.cli import main
+from ssal.grouping import Grouping, save_groupings
+from tests.conftest import quick_trainer
+from tests.test_data import write_image_folder
+
+timm = pytest.importorskip("timm")
+TIMM, TORCHVISION = "timm/mobilenetv3_small_050", "torchvision/mobilenet_v3_small"
+
+
+def test_default_positions_are_the_stages_at_a_quarter_half_and_three_quarters():
+    # timm: feature_info's stages past the stem (reductions 4, 8, 16, 32): the first three
+    entry = ssal.get_entry("timm/resnet18")
+    assert entry.positions == ("layer1", "layer2", "layer3")
+    info = [f["module"] for f in timm.create_model("mobilenetv3_small_050").feature_info]
+    assert ssal.get_entry(TIMM).positions == tuple(info[1:4])
+    # torchvision: the modules that end each resolution; a block that stays at one
+    # resolution stands for its children (layer3, not layer3.5)
+    assert ssal.get_entry("torchvision/resnet50").positions == ("layer1", "layer2", "layer3")
+    assert ssal.get_entry("torchvision/efficientnet_b0").positions == (
+        "features.2", "features.3", "features.5",
+    )  # fmt: skip
+    import torchvision
+
+    names, channels = stage_positions(torchvision.models.resnet18(), (3, 224, 224))
+    assert names == ["layer1", "layer2", "layer3", "layer4"] and channels == [64, 128, 256, 512]
+
+
+def test_default_layouts_are_the_imagenet_branches_scaled_to_the_backbone():
+    # ResNet-18 is a quarter as wide as ResNet-50 where the branches read
+    entry = ssal.get_entry("torchvision/resnet18")
+    assert entry.layouts == tuple(scale_layout(lay, 0.25) for lay in IMAGENET_LAYOUTS)
+    assert scale_layout("cbr(256,3,2) inception_c inception_e(2) gap", 0.25) == (
+        "cbr(64,3,2) inception_c(0.125) inception_e(0.5) gap"
+    )
+    full = ssal.create_model("torchvision/resnet50", 1000, default_groupings(1000, (200, 334, 500)))
+    ours = ssal.create_model("resnet50-imagenet", 1000, default_groupings(1000, (200, 334, 500)))
+    assert full.num_parameters()["branches"] == ours.num_parameters()["branches"]
+
+
+def test_unknown_names_are_one_line_with_close_matches(capsys):
+    with pytest.raises(
+        ValueError, match=r"timm has no model 'resnet81'; did you mean timm/resnet18"
+    ):
+        ssal.get_entry("timm/resnet81")
+    with pytest.raises(ValueError, match=r"did you mean torchvision/resnet18"):
+        ssal.get_entry("torchvision/resnet81")
+    assert main(["bench", "--model", "timm/resnet81", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "did you mean timm/resnet18" in err[0]
+
+
+def test_timm_missing_is_one_line_saying_how_to_install(monkeypatch):
+    import builtins
+
+    from ssal.backbones import external
+
+    real = builtins.__import__
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (
+            (_ for _ in ()).throw(ImportError(name)) if name == "timm" else real(name, *a, **k)
+        ),
+    )
+    external._timm_entry.cache_clear()
+    with pytest.raises(ValueError, match=r"pip install 'ssal\[timm\]'"):
+        ssal.get_entry("timm/resnet34")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    write_image_folder(root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [TIMM, TORCHVISION])
+def test_external_backbone_from_a_config_trains_and_evaluates(name, folder, tmp_path):
+    import yaml
+
+    groupings = save_groupings(tmp_path / "g.json", [Grouping([0, 1]), Grouping([1, 0])])
+    config = {
+        "trainer": {"max_steps": 2, "accelerator": "cpu", "default_root_dir": str(tmp_path)},
+        "data": {
+            "class_path": "ssal.data.ImageFolderDataModule",
+            "init_args": {
+                "data_dir": str(folder),
+                "image_size": 96,
+                "batch_size": 4,
+                "eval_batch_size": 4,
+                "num_workers": 0,
+                "heldout": 0,
+            },
+        },  # fmt: skip
+        "model": {"model": name, "groupings": str(groupings), "lr": 0.01, "warmup_epochs": 1},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 0
+    ckpt = tmp_path / "runs/ssal/version_0/checkpoints/last.ckpt"
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == name and result["num_samples"] == 4
+    assert len(result["branch_accuracy"]) == 2  # the two deepest default positions
+    model, info = ssal.load_checkpoint(ckpt)
+    assert info["positions"] == list(ssal.get_entry(name).positions[1:])
+
+
+def test_pretrained_file_loads_the_backbone_and_leaves_the_branches_fresh(tmp_path):
+    from ssal.train import SSALModule
+
+    source = ssal.create_model(TORCHVISION, 10).backbone
+    torch.save(source.state_dict(), tmp_path / "backbone.pt")
+    g = save_groupings(
+        tmp_path / "g.json", [Grouping(np.arange(10) % 2)] + [Grouping(np.arange(10) % 5)]
+    )
+    torch.manual_seed(123)
+    module = SSALModule(TORCHVISION, 10, groupings=str(g), pretrained=str(tmp_path / "backbone.pt"))
+    for key, value in source.state_dict().items():
+        assert torch.equal(module.net.backbone.state_dict()[key], value), key
+    torch.manual_seed(123)
+    fresh = ssal.create_model(TORCHVISION, 10, [np.arange(10) % 2, np.arange(10) % 5])
+    for (k, a), (_, b) in zip(
+        module.net.branches.state_dict().items(), fresh.branches.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k  # initialised as any new branch, nothing from the file
+    # safetensors, and another number of classes: the classifier starts fresh, nothing else
+    from safetensors.torch import save_file
+
+    save_file(
+        dict(ssal.create_model(TORCHVISION, 1000).backbone.state_dict()),
+        str(tmp_path / "b.safetensors"),
+    )
+    model = ssal.create_model(TORCHVISION, 10, pretrained=str(tmp_path / "b.safetensors"))
+    assert model.backbone.classifier[-1].out_features == 10
+    with pytest.raises(ValueError, match="weights do not fit the backbone"):
+        ssal.create_model("torchvision/resnet18", 10, pretrained=str(tmp_path / "backbone.pt"))
+    with pytest.raises(ValueError, match="no published weights; give a file"):
+        ssal.create_model("small-cnn", 10, pretrained=True)
+
+
+@pytest.mark.slow
+def test_pretrained_file_through_ssal_fit(folder, tmp_path):
+    """``--model.pretrained PATH``: at step 0 the backbone holds the file's weights."""
+    import lightning as L
+
+    from ssal.data import ImageFolderDataModule
+    from ssal.train import SSALModule
+
+    source = ssal.create_model(TIMM, 2).backbone
+    torch.save(source.state_dict(), tmp_path / "backbone.pt")
+    g = save_groupings(tmp_path / "g.json", [Grouping([0, 1]), Grouping([1, 0])])
+    module = SSALModule(TIMM, 2, groupings=str(g), pretrained=str(tmp_path / "backbone.pt"),
+                        backbone_lr_factor=0.1)  # fmt: skip
+    seen = {}
+
+    class AtStart(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            seen.update({k: v.clone() for k, v in pl_module.net.backbone.state_dict().items()})
+
+    dm = ImageFolderDataModule(str(folder), image_size=96, batch_size=4, num_workers=0)
+    quick_trainer(1, callbacks=[AtStart()]).fit(module, dm)
+    assert seen and all(torch.equal(seen[k], v) for k, v in source.state_dict().items())
+    groups = {g["name"]: g for g in module.optimizers().optimizer.param_groups}
+    assert groups["backbone"]["lr_factor"] == 0.1 and "lr_factor" not in groups["branches"]
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_pytorch_and_predicts_the_same(tmp_path, capsys):
+    from PIL import Image
+
+    from tests.test_predict_images import write_checkpoint
+
+    onnxruntime = pytest.importorskip("onnxruntime")
+    ckpt = write_checkpoint(tmp_path, "grey")
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--format", "onnx"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "ssal.json"]
+    info = json.loads((out / "ssal.json").read_text())
+    assert info["onnx_heads"] == ["logits", "branch1", "branch2"]
+    model, _ = ssal.load_checkpoint(ckpt)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == info["onnx_heads"]
+    for n in (1, 7):
+        x = torch.randn(n, 1, 28, 28)
+        with torch.no_grad():
+            ref = model(x)
+        got = session.run(None, {"images": x.numpy()})
+        for a, b in zip(got, (ref.logits, *ref.branch_logits), strict=True):
+            assert a.shape == tuple(b.shape)
+            np.testing.assert_allclose(a, b.numpy(), atol=1e-4)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        images.append(str(tmp_path / f"{i}.png"))
+    capsys.readouterr()
+    docs = []
+    for source in (ckpt, out):
+        assert (
+            main(["predict", "--checkpoint", str(source), *images, "--json", "--top-k", "2"]) == 0
+        )
+        docs.append(json.loads(capsys.readouterr().out)["predictions"])
+    for a, b in zip(*docs, strict=True):
+        for head in ("fine", "joint"):
+            assert a[head]["class"] == b[head]["class"]
+            assert a[head]["prob"] == pytest.approx(b[head]["prob"], abs=1e-4)
+        assert [x["group"] for x in a["branches"]] == [x["group"] for x in b["branches"]]
+        assert a["consistent"] == b["consistent"]

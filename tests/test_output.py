@@ -1,0 +1,183 @@
+"""What a user sees: commands run as a user runs them, their output checked line by line.
+
+Every line on stderr is ssal's own (``ssal: ...``): no library start-up line, warning or tip;
+every user error is exactly one line and exit code 2; Ctrl-C is exit code 130 with the command
+that resumes the run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_tiny_config
+from tests.test_data import write_cifar100
+
+
+def ssal(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ssal.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def only_our_lines(text: str) -> list[str]:
+    lines = text.splitlines()
+    assert all(line.startswith("ssal: ") for line in lines), text
+    return lines
+
+
+def one_error(result: subprocess.CompletedProcess) -> str:
+    """The single line a failing command prints."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssal: error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("user")
+    write_cifar100(root / "data", n_train=300, n_test=100)
+    write_tiny_config(
+        root / "tiny.yaml",
+        root / "data",
+        model={"groupings": "auto", "probe_epochs": 1, "auto_groups": [20, 33]},
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(project: Path) -> subprocess.CompletedProcess:
+    return ssal("fit", "--config", "tiny.yaml", cwd=project)
+
+
+@pytest.mark.slow
+def test_fit_says_what_it_does_and_nothing_else(fitted, project):
+    assert fitted.returncode == 0, fitted.stderr
+    assert fitted.stdout == ""
+    lines = only_our_lines(fitted.stderr)
+    run = "runs/ssal/version_0"
+    assert lines == [
+        "ssal: probe: training tiny-wrn without branches for 1 epoch to group its confusion",
+        f"ssal: groupings (similar) from the probe's held-out confusion: {run}/groupings.json",
+        lines[2],
+        f"ssal: run folder: {run}",
+        f"ssal: last checkpoint: {run}/checkpoints/last.ckpt",
+        lines[5],
+    ]
+    assert lines[2].startswith("ssal: training tiny-wrn with 2 SSAL branches (similar-20, ")
+    assert lines[2].endswith(" parameters, 2 epochs on cpu")
+    assert lines[5].startswith(f"ssal: best checkpoint: {run}/checkpoints/best-epoch=")
+    assert (project / run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_prints_a_table_that_survives_a_pipe(fitted, project):
+    ckpt = "runs/ssal/version_0/checkpoints/last.ckpt"
+    result = ssal("evaluate", "--checkpoint", ckpt, "--tune-alpha", cwd=project)
+    assert result.returncode == 0, result.stderr
+    warning = only_our_lines(result.stderr)  # alpha from 60 held-out images: one warning
+    assert len(warning) == 1 and "held-out images" in warning[0]
+    out = result.stdout.splitlines()  # not a terminal: tab-separated, nothing cut
+    assert out[0] == "# tiny-wrn on 100 test images"
+    assert out[1] == "measure\tvalue"
+    rows = dict(line.split("\t") for line in out[2:])
+    assert rows["fine head (+TR)"].endswith("%") and "branch 2 (coarse)" in rows
+    assert any(k.startswith("joint (+JP), alpha ") for k in rows)
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_line(fitted, project, tmp_path):
+    missing = one_error(
+        ssal(
+            "fit",
+            "--config",
+            str(project / "tiny.yaml"),
+            "--data.init_args.data_dir",
+            str(tmp_path / "nowhere"),
+            cwd=tmp_path,
+        )  # fmt: skip
+    )
+    assert "cifar100 not found" in missing
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
+
+    typo = one_error(ssal("fit", "--config", "tiny.yaml", "--trainer.max_epocs", "3", cwd=project))
+    assert "unknown key trainer.max_epocs on the command line" in typo
+    assert "did you mean trainer.max_epochs" in typo
+
+    text = (project / "tiny.yaml").read_text().replace("max_epochs", "max_epoch")
+    (tmp_path / "typo.yaml").write_text(text)
+    typo = one_error(ssal("fit", "--config", "typo.yaml", cwd=tmp_path))
+    assert "unknown key trainer.max_epoch in typo.yaml" in typo
+    assert "did you mean trainer.max_epochs" in typo
+
+    (tmp_path / "corrupt.ckpt").write_bytes(os.urandom(4000))
+    bad = one_error(
+        ssal(
+            "fit",
+            "--config",
+            str(project / "tiny.yaml"),
+            "--ckpt_path",
+            "corrupt.ckpt",
+            cwd=tmp_path,
+        )  # fmt: skip
+    )
+    assert (
+        bad
+        == "ssal: error: corrupt.ckpt: not a loadable checkpoint (not a PyTorch checkpoint file)"
+    )
+    for command in ("evaluate", "predict"):
+        args = [command, "--checkpoint", "corrupt.ckpt"] + (
+            ["x.png"] if command == "predict" else []
+        )
+        assert one_error(ssal(*args, cwd=tmp_path)) == bad
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_says_how_to_resume(project, tmp_path):
+    config = write_tiny_config(
+        tmp_path / "long.yaml", project / "data", trainer={"max_epochs": 200}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssal.cli", "fit", "--config", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tmp_path / "runs/ssal/version_0/checkpoints/last.ckpt"
+    deadline = time.time() + 120
+    while not last.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert out == ""
+    lines = only_our_lines(err)
+    assert (
+        lines[-1] == f"ssal: interrupted; resume with: ssal fit --config {config} --ckpt_path last"
+    )
+
+
+@pytest.mark.slow
+def test_runs_go_under_default_root_dir(project, tmp_path):
+    result = ssal(
+        "fit", "--config", str(project / "tiny.yaml"), "--model.groupings", "null",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "elsewhere/runs/ssal/version_0/checkpoints/last.ckpt").is_file()
+    assert not (tmp_path / "runs").exists()
+    report = json.dumps(only_our_lines(result.stderr))
+    assert "elsewhere/runs/ssal/version_0" in report
