@@ -2,8 +2,9 @@
 structure-aware changes and crafted payloads end in a correct result or one clear line.
 
 The table ``READERS`` holds one entry per reader (``tests/fuzzing.py`` runs them). An ordinary
-run takes ``fuzzing.CI_CASES`` seeded cases per reader and mutation kind; a deeper run is
-``pytest -m fuzz --fuzz-cases 2000`` (or ``SSAL_FUZZ_CASES=2000``).
+run takes ``fuzzing.CI_CASES`` seeded cases per reader and mutation kind (times the reader's
+``weight``); a deeper run, for release checks, is ``pytest -m fuzz --fuzz-cases 500`` (or
+``SSAL_FUZZ_CASES=500``). ``SSAL_FUZZ_VERBOSE=1`` prints what every case gave (with ``-s``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
 import tarfile
-import zlib
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,17 @@ import torch
 import yaml
 
 from tests.conftest import write_tiny_config
-from tests.fuzzing import KINDS, Reader, case_count, mutate, mutate_tree, random_value, run_case
+from tests.fuzzing import (
+    INTERESTING,
+    KINDS,
+    Reader,
+    case_count,
+    mutate,
+    mutate_tree,
+    random_value,
+    read_guarded,
+    run_case,
+)
 from tests.test_data import (
     pixel_rows,
     write_cifar10,
@@ -107,48 +119,55 @@ def pickle_ops(*ops: bytes) -> bytes:
     return b"\x80\x02" + b"".join(ops) + b"."
 
 
-def cifar_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
+def cifar_crafted(layout: str) -> Any:
     """Code-running globals (alone and among valid arrays) and allocations the file cannot
     back: huge arrays, memo indices, strings, ``bytes(n)``, opcode floods."""
-    base = "cifar-100-python"
-    meta = {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}
-    valid = {b"fine_labels": [1, 2], b"coarse_labels": [0, 0], b"data": pixel_rows(0, 2)}
+    if layout == "cifar100":
+        base, meta_file, train, test = "cifar-100-python", "meta", "train", "test"
+        meta = {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}
+        valid = {b"fine_labels": [1, 2], b"coarse_labels": [0, 0], b"data": pixel_rows(0, 2)}
+    else:
+        base, meta_file = "cifar-10-batches-py", "batches.meta"
+        train, test = "data_batch_2", "test_batch"
+        meta = {b"label_names": [f"c{i}".encode() for i in range(10)]}
+        valid = {b"labels": [1, 2], b"data": pixel_rows(0, 2)}
+    meta_file, train, test = f"{base}/{meta_file}", f"{base}/{train}", f"{base}/{test}"
     huge = b"\x8a\x06\x00\x00\x00\x00\x00\x01"  # LONG1: 2**40
     reconstruct = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
     dtype = b"cnumpy\ndtype\nU\x02u1\x89\x88\x87R"
-    cases = [
-        ("meta: os.system", f"{base}/meta", pickle.dumps(touch(marker), protocol=2)),
-        ("meta: exec", f"{base}/meta", pickle.dumps(exec_touch(marker))),
-        ("meta with one payload", f"{base}/meta", pickle.dumps({**meta, b"x": touch(marker)})),
-        ("arrays and a payload", f"{base}/train", pickle.dumps({**valid, b"e": touch(marker)})),
-        (
-            "arrays and a payload, protocol 2",
-            f"{base}/test",
-            pickle.dumps({**valid, b"e": [exec_touch(marker)]}, protocol=2),
-        ),
-        (
-            "python 2 GLOBAL os.system",
-            f"{base}/meta",
-            f"cos\nsystem\n(S'touch {marker}'\ntR.".encode(),
-        ),
-        ("_reconstruct of 2**40 bytes", f"{base}/train", pickle_ops(reconstruct, huge, b"\x85U\x01b\x87R")),
-        (
-            "array state of 2**40 elements, 4 bytes of data",
-            f"{base}/train",
-            pickle_ops(
-                b"}(U\x04data", reconstruct, b"K\x00\x85U\x01b\x87R(K\x01", huge, b"\x85",
-                dtype, b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x04abcdtbu",
+    array_of_huge = (
+        b"}(U\x04data", reconstruct, b"K\x00\x85U\x01b\x87R(K\x01", huge, b"\x85",
+        dtype, b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x04abcdtbu",
+    )  # fmt: skip
+
+    def crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
+        system = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
+        codecs = b"c_codecs\nencode\nX\x01\x00\x00\x00aX\x04\x00\x00\x00zlib\x86R"
+        objects = {**valid, b"data": np.array([1, 2], dtype=object)}
+        return [
+            ("meta: os.system", meta_file, pickle.dumps(touch(marker), protocol=2)),
+            ("meta: exec", meta_file, pickle.dumps(exec_touch(marker))),
+            ("meta with one payload", meta_file, pickle.dumps({**meta, b"x": touch(marker)})),
+            ("arrays and a payload", train, pickle.dumps({**valid, b"e": touch(marker)})),
+            (
+                "arrays and a payload in a list, protocol 2",
+                test,
+                pickle.dumps({**valid, b"e": [exec_touch(marker)]}, protocol=2),
             ),
-        ),
-        ("memo index 2**31", f"{base}/meta", pickle_ops(b"]r\xff\xff\xff\x7f")),
-        ("string of 2 GB declared", f"{base}/meta", pickle_ops(b"T\xff\xff\xff\x7fabc")),
-        ("bytes(2**40)", f"{base}/meta", pickle_ops(b"c__builtin__\nbytes\n", huge, b"\x85R")),
-        ("_codecs.encode with zlib", f"{base}/meta", pickle_ops(b"c_codecs\nencode\nX\x01\x00\x00\x00aX\x04\x00\x00\x00zlib\x86R")),
-        ("object array", f"{base}/train", pickle.dumps({**valid, b"data": np.array([1, 2], dtype=object)})),
-        ("3 million empty lists", f"{base}/meta", pickle_ops(b"(", b"]" * 3_000_000, b"l")),
-        ("nested 100000 deep", f"{base}/meta", pickle_ops(b"]" * 100_000, b"a" * 99_999)),
-    ]  # fmt: skip
-    return cases
+            ("python 2 GLOBAL os.system", meta_file, system),
+            ("numpy.ndarray called", train, pickle_ops(b"cnumpy\nndarray\n", huge, b"\x85R")),
+            ("_reconstruct of 2**40", train, pickle_ops(reconstruct, huge, b"\x85U\x01b\x87R")),
+            ("array state of 2**40 elements, 4 bytes", train, pickle_ops(*array_of_huge)),
+            ("memo index 2**31", meta_file, pickle_ops(b"]r\xff\xff\xff\x7f")),
+            ("string of 2 GB declared", meta_file, pickle_ops(b"T\xff\xff\xff\x7fabc")),
+            ("bytes(2**40)", meta_file, pickle_ops(b"c__builtin__\nbytes\n", huge, b"\x85R")),
+            ("_codecs.encode with zlib", meta_file, pickle_ops(codecs)),
+            ("object array", train, pickle.dumps(objects)),
+            ("3 million empty lists", meta_file, pickle_ops(b"(", b"]" * 3_000_000, b"l")),
+            ("nested 100000 deep", meta_file, pickle_ops(b"]" * 100_000, b"a" * 99_999)),
+        ]
+
+    return crafted
 
 
 def write_cifar100_small(folder: Path) -> list[Path]:
@@ -204,13 +223,16 @@ def idx_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
     images, labels = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
     member = gzip.compress(bytes(16 << 20), 9)  # 16 MiB of zeros
     bomb = gzip.compress(struct.pack(">IIII", 0x0803, 12, 28, 28) + bytes(12 * 784)) + member * 256
+    huge_dims = struct.pack(">IIII", 0x0803, 2**32 - 1, 2**32 - 1, 28)
+    many = gzip.compress(struct.pack(">IIII", 0x0803, 2**31, 28, 28))
+    many_labels = gzip.compress(struct.pack(">II", 0x0801, 2**32 - 1) + bytes(64))
     return [
-        ("dims 2**32-1 uncompressed", "t10k-images-idx3-ubyte", struct.pack(">IIII", 0x0803, 2**32 - 1, 2**32 - 1, 28)),
-        ("dims 2**31 gzipped", images, gzip.compress(struct.pack(">IIII", 0x0803, 2**31, 28, 28))),
-        ("labels 2**32-1 gzipped", labels, gzip.compress(struct.pack(">II", 0x0801, 2**32 - 1) + bytes(64))),
+        ("dims 2**32-1 uncompressed", "t10k-images-idx3-ubyte", huge_dims),
+        ("dims 2**31 gzipped", images, many),
+        ("labels 2**32-1 gzipped", labels, many_labels),
         ("4 GiB of zeros after the data (gzip bomb)", images, bomb),
         ("a pickle instead", images, pickle.dumps(touch(marker))),
-    ]  # fmt: skip
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +298,23 @@ def gif_of(width: int, height: int) -> bytes:
     frame = data.index(b",")  # the image descriptor: left, top, width, height
     data[frame + 5 : frame + 9] = size
     return bytes(data)
+
+
+def image_structure(path: Path, data: bytes, rng: np.random.Generator, marker: str) -> bytes:
+    """PNGs: one chunk's body mutated (sizes in IHDR, compressed rows, palettes) and its CRC
+    written anew, so that the decoder, not the checksum, meets the change. Other formats:
+    planted sizes."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return mutate(data, "sizes", rng)
+    chunks, at = [], 8
+    while at + 8 <= len(data):
+        (n,) = struct.unpack(">I", data[at : at + 4])
+        chunks.append([data[at + 4 : at + 8], data[at + 8 : at + 8 + n]])
+        at += 12 + n
+    k = int(rng.integers(0, len(chunks)))
+    kind = ["sizes", "bitflip", "truncate", "splice"][int(rng.integers(0, 4))]
+    chunks[k][1] = mutate(chunks[k][1], kind, rng)
+    return data[:8] + b"".join(png_chunk(kind, body) for kind, body in chunks)
 
 
 def image_crafted(name: str) -> Any:
@@ -379,6 +418,50 @@ def groupings_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]
     ]
 
 
+TEXT_GROUPINGS = "cifar10_3_group_similar_v2.txt"
+
+
+def write_group_text(folder: Path) -> list[Path]:
+    """The authors' format: one group index per line, written by ``numpy.savetxt``."""
+    np.savetxt(folder / TEXT_GROUPINGS, np.arange(10) % 3)
+    return [folder / TEXT_GROUPINGS]
+
+
+def read_group_text(folder: Path) -> Any:
+    from ssal.grouping import load_groupings
+
+    path = folder / TEXT_GROUPINGS
+    return load_groupings(path), load_groupings(path, num_classes=10)
+
+
+def text_structure(path: Path, data: bytes, rng: np.random.Generator, marker: str) -> bytes:
+    """Replace, delete or repeat one line, or give it an odd value."""
+    lines = data.decode().splitlines()
+    k = int(rng.integers(0, len(lines)))
+    odd = ["1e400", "nan", "inf", "-1", "2.5", "1e30", "", "0 1", "x", "#", "1.0e+00", marker]
+    odd += [str(2**63), "9" * 400, "0x1", "1_0", "{"]
+    action = rng.random()
+    if action < 0.2:
+        del lines[k]
+    elif action < 0.3:
+        lines[k:k] = [lines[k]] * int(rng.integers(1, 4))
+    else:
+        lines[k] = odd[int(rng.integers(0, len(odd)))]
+    return "\n".join(lines).encode()
+
+
+def group_text_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
+    return [
+        ("a million lines", TEXT_GROUPINGS, b"0\n1\n" * 500_000),
+        ("17 MiB", TEXT_GROUPINGS, b"0\n" * (17 << 19)),
+        ("a line of 100000 digits", TEXT_GROUPINGS, b"0\n" + b"9" * 100_000 + b"\n"),
+        ("group 2**62", TEXT_GROUPINGS, b"0\n4.611686018427387904e+18\n"),
+        ("a pickle", TEXT_GROUPINGS, pickle.dumps(touch(marker))),
+        ("YAML with a tag", TEXT_GROUPINGS, f"!!python/object/apply:os.system [{marker}]".encode()),
+        ("empty", TEXT_GROUPINGS, b""),
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints and export folders
 # --------------------------------------------------------------------------------------------
@@ -403,12 +486,13 @@ def write_ckpt(folder: Path) -> list[Path]:
     return [path]
 
 
-def read_ckpt(folder: Path) -> Any:
-    from ssal.checkpoint import load_checkpoint
-    from ssal.inference import predict_tensors
+def read_model(folder: Path) -> Any:
+    """``model.ckpt`` in ``folder``, else the folder as an export, loaded as ``ssal predict``
+    loads it, then two images predicted."""
+    from ssal.inference import load_model, predict_tensors
 
     target = folder / "model.ckpt" if (folder / "model.ckpt").exists() else folder
-    model, info = load_checkpoint(target)
+    model, info = load_model(target)
     c, h, w = info["input_size"]
     images = torch.randint(0, 256, (2, c, h, w), dtype=torch.uint8)
     return predict_tensors(model, info, images, top_k=2)
@@ -437,6 +521,9 @@ def ckpt_structure(path: Path, data: bytes, rng: np.random.Generator, marker: st
     return out.getvalue()
 
 
+CKPT = "model.ckpt"
+
+
 def ckpt_with(folder: Path, **changes: Any) -> bytes:
     ckpt = torch.load(folder / "model.ckpt", weights_only=True)
     ckpt["ssal"].update(changes)
@@ -451,6 +538,7 @@ def ckpt_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
         torch.save(obj, out, **kwargs)
         return out.getvalue()
 
+    legacy = {"_use_new_zipfile_serialization": False}
     zipped = io.BytesIO()
     with zipfile.ZipFile(folder / "model.ckpt") as src, zipfile.ZipFile(zipped, "w") as dst:
         for item in src.infolist():
@@ -458,18 +546,24 @@ def ckpt_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
             if item.filename.endswith("data.pkl"):
                 body = pickle.dumps(touch(marker), protocol=2)
             dst.writestr(item, body)
+    big_resize = {"mean": [0.5], "std": [0.5], "resize": 10**6, "crop": [28, 28]}
+    many_groups = [{"assignment": list(range(10**5))}]
+    twelve = [{"assignment": [0, 1] * 6}]
+    no_names = {"num_classes": 10**9, "class_names": None}
     return [
-        ("payload in the ssal section", "model.ckpt", saved({"ssal": touch(marker), "state_dict": {}})),
-        ("payload, legacy format", "model.ckpt", saved({"ssal": exec_touch(marker)}, _use_new_zipfile_serialization=False)),
-        ("a bare pickle", "model.ckpt", pickle.dumps(touch(marker))),
-        ("data.pkl replaced", "model.ckpt", zipped.getvalue()),
-        ("num_classes 10**9", "model.ckpt", ckpt_with(folder, num_classes=10**9)),
-        ("num_classes 10**9, no names", "model.ckpt", ckpt_with(folder, num_classes=10**9, class_names=None)),
-        ("input_size of 10**6 pixels a side", "model.ckpt", ckpt_with(folder, input_size=[1, 10**6, 10**6])),
-        ("resize to 10**6", "model.ckpt", ckpt_with(folder, preprocessing={"mean": [0.5], "std": [0.5], "resize": 10**6, "crop": [28, 28]})),
-        ("groupings of 10**6 groups", "model.ckpt", ckpt_with(folder, groupings=[{"assignment": list(range(10**5))}])),
-        ("alpha as text", "model.ckpt", ckpt_with(folder, alpha="0.3")),
-        ("class names as a number", "model.ckpt", ckpt_with(folder, class_names=12)),
+        ("payload in the ssal section", CKPT, saved({"ssal": touch(marker), "state_dict": {}})),
+        ("payload, legacy format", CKPT, saved({"ssal": exec_touch(marker)}, **legacy)),
+        ("a bare pickle", CKPT, pickle.dumps(touch(marker))),
+        ("data.pkl replaced", CKPT, zipped.getvalue()),
+        ("num_classes 10**9", CKPT, ckpt_with(folder, num_classes=10**9)),
+        ("num_classes 10**9, no names", CKPT, ckpt_with(folder, **no_names)),
+        ("input_size 10**6 a side", CKPT, ckpt_with(folder, input_size=[1, 10**6, 10**6])),
+        ("resize to 10**6", CKPT, ckpt_with(folder, preprocessing=big_resize)),
+        ("groupings of 10**5 groups", CKPT, ckpt_with(folder, groupings=many_groups)),
+        ("a grouping of 12 classes", CKPT, ckpt_with(folder, groupings=twelve)),
+        ("alpha as text", CKPT, ckpt_with(folder, alpha="0.3")),
+        ("class names as a number", CKPT, ckpt_with(folder, class_names=12)),
+        ("a tensor in the description", CKPT, ckpt_with(folder, data={"x": torch.zeros(2)})),
     ]  # fmt: skip
 
 
@@ -499,13 +593,122 @@ def export_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
     name = next(k for k in header if k != "__metadata__")
     header[name]["shape"] = [2**40]
     huge = json.dumps(header).encode()
+    huge_tensor = struct.pack("<Q", len(huge)) + huge + weights[8 + n :]
     return [
         ("num_classes 10**9", "ssal.json", json.dumps({**info, "num_classes": 10**9}).encode()),
         ("info nested 100000 deep", "ssal.json", b"[" * 100_000 + b"]" * 100_000),
         ("header length 2**63", "model.safetensors", struct.pack("<Q", 2**63) + weights[8:]),
-        ("a tensor of 2**40 elements", "model.safetensors", struct.pack("<Q", len(huge)) + huge + weights[8 + n :]),
+        ("a tensor of 2**40 elements", "model.safetensors", huge_tensor),
         ("a pickle", "model.safetensors", pickle.dumps(touch(marker))),
+    ]
+
+
+def write_onnx(folder: Path) -> list[Path]:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from ssal.checkpoint import export_checkpoint
+
+    source = folder.with_name(folder.name + "-source")
+    source.mkdir()
+    [ckpt] = write_ckpt(source)
+    export_checkpoint(ckpt, folder, format="onnx")
+    return sorted(folder.iterdir())
+
+
+def onnx_structure(path: Path, data: bytes, rng: np.random.Generator, marker: str) -> bytes:
+    """ssal.json: a changed value; model.onnx: parsed, one initializer's dims, a node's
+    operator or attribute, an output's name or the input's shape changed, written again."""
+    if path.suffix == ".json":
+        return json_structure(path, data, rng, marker)
+    import onnx
+
+    model = onnx.load_from_string(data)
+    graph, pick = model.graph, lambda n: int(rng.integers(0, n))
+    action = rng.random()
+    if action < 0.3:
+        tensor = graph.initializer[pick(len(graph.initializer))]
+        choices = [[2**40], [0], [1, 2**31], list(tensor.dims)[::-1], []]
+        tensor.dims[:] = choices[pick(len(choices))]
+    elif action < 0.45:
+        ops = ["Loop", "Foo", "ConstantOfShape", "Identity", "Reshape", "Expand", "Scan"]
+        graph.node[pick(len(graph.node))].op_type = ops[pick(len(ops))]
+    elif action < 0.6:
+        nodes = [node for node in graph.node if node.attribute]
+        attribute = nodes[pick(len(nodes))].attribute[0]
+        attribute.i = INTERESTING[pick(len(INTERESTING))] % 2**63
+        attribute.ints[:] = [INTERESTING[pick(len(INTERESTING))] % 2**63 for _ in attribute.ints]
+    elif action < 0.75:
+        graph.output[pick(len(graph.output))].name = ["x", "", "logits", marker][pick(4)]
+    else:
+        dims = graph.input[0].type.tensor_type.shape.dim
+        dims[pick(len(dims))].dim_value = [0, 1, 3, 2**31, 2**40][pick(5)]
+    return model.SerializeToString()
+
+
+def onnx_graph(output: Any, initializers: list[Any] = ()) -> bytes:
+    """A one-input graph for 1 x 28 x 28 images whose three outputs are ``output(x)``."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, 28, 28])
+    nodes, names = output()
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+    graph = helper.make_graph(nodes, "g", [x], outs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def onnx_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    heads = ["logits", "branch1", "branch2"]
+
+    def copies(source: str) -> Any:
+        return lambda: ([helper.make_node("Identity", [source], [h]) for h in heads], heads)
+
+    def flat() -> Any:
+        shape = helper.make_node("Constant", [], ["s"], value_ints=[0, -1])
+        nodes = [shape, *(helper.make_node("Reshape", ["images", "s"], [h]) for h in heads)]
+        return nodes, heads
+
+    def external(location: str) -> Any:
+        weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+        weight.data_location = TensorProto.EXTERNAL
+        entry = weight.external_data.add()
+        entry.key, entry.value = "location", location
+        return weight
+
+    huge = helper.make_tensor("n", TensorProto.INT64, [2], [2**20, 2**20])
+    fill = lambda: ([helper.make_node("ConstantOfShape", ["n"], [h]) for h in heads], heads)  # noqa: E731
+    info = json.loads((folder / "ssal.json").read_text())
+
+    def heads_named(*names: str) -> bytes:
+        return json.dumps({**info, "onnx_heads": list(names)}).encode()
+
+    outside = onnx_graph(copies("w"), [external("../../../../etc/passwd")])
+    zero = onnx_graph(copies("w"), [external("/dev/zero")])
+    return [
+        ("outputs of (N, 784)", "model.onnx", onnx_graph(flat)),
+        ("outputs of 2**40 elements", "model.onnx", onnx_graph(fill, [huge])),
+        ("external data outside the folder", "model.onnx", outside),
+        ("external data from /dev/zero", "model.onnx", zero),
+        ("outputs named otherwise", "ssal.json", heads_named("a", "b", "c")),
+        ("one head for two groupings", "ssal.json", heads_named("logits")),
+        ("a pickle", "model.onnx", pickle.dumps(touch(marker))),
+        ("empty", "model.onnx", b""),
     ]  # fmt: skip
+
+
+def read_export_command(folder: Path) -> int:
+    from ssal.cli import main
+
+    out = folder / "out"
+    return main(["export", "--checkpoint", str(folder / CKPT), "--out", str(out)])
+
+
+def check_export_command(folder: Path) -> None:
+    check_predictions(read_model(folder / "out"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +782,8 @@ def shards_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
     with tarfile.open(folder / first) as tar:
         key = tar.getmembers()[0].name.split(".")[0]
     bomb = png_of(100_000, 100_000)
+    label_150 = {f"{key}.png": png_of(32, 32, bytes(32 * 97)), f"{key}.cls": b"150"}
+    pickled = {f"{key}.pyd": pickle.dumps(touch(marker)), f"{key}.cls": b"1"}
     return [
         ("shard named pipe:", "meta.json", with_train(shards=[f"pipe:touch {marker}"])),
         ("absolute shard path", "meta.json", with_train(shards=["/etc/passwd"])),
@@ -587,9 +792,9 @@ def shards_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
         ("image size 10**6", "meta.json", json.dumps({**meta, "image_size": 10**6}).encode()),
         ("1000 channels", "meta.json", json.dumps({**meta, "in_channels": 1000}).encode()),
         ("PNG of 100000 x 100000", first, tar_of({f"{key}.png": bomb, f"{key}.cls": b"1"})),
-        ("label 150 of 100", first, tar_of({f"{key}.png": png_of(32, 32, bytes(32 * 97)), f"{key}.cls": b"150"})),
-        ("a pickle member", first, tar_of({f"{key}.pyd": pickle.dumps(touch(marker)), f"{key}.cls": b"1"})),
-    ]  # fmt: skip
+        ("label 150 of 100", first, tar_of(label_150)),
+        ("a pickle member", first, tar_of(pickled)),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,16 +859,30 @@ def confusion_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]
 
 
 def write_config(folder: Path) -> list[Path]:
+    """A one-batch run (``fast_dev_run``) on tiny CIFAR-100 files in ``data/`` of the folder."""
+    write_cifar100(folder / "data", n_train=40, n_test=10)
     logger = {"class_path": "ssal.loggers.ResumableCSVLogger", "init_args": {"save_dir": "runs"}}
     trainer = {"fast_dev_run": 1, "logger": logger}
-    return [write_tiny_config(folder / "c.yaml", Path("nodata"), trainer=trainer)]
+    return [write_tiny_config(folder / "c.yaml", Path("data"), trainer=trainer)]
+
+
+def check_config(folder: Path) -> None:
+    """A run that ends well leaves checkpoints that load."""
+    from ssal.checkpoint import load_checkpoint
+
+    for path in folder.rglob("*.ckpt"):
+        load_checkpoint(path)
 
 
 def read_config(folder: Path) -> int:
+    """``ssal fit`` with the config, held to two batches (a config may rightly ask for days of
+    training: the fuzzer checks reading, not patience)."""
     from ssal.cli import main
 
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    short += ["--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"]
     with chdir(folder):
-        return main(["fit", "--config", str(folder / "c.yaml")])
+        return main(["fit", "--config", str(folder / "c.yaml"), *short])
 
 
 def yaml_structure(path: Path, data: bytes, rng: np.random.Generator, marker: str) -> bytes:
@@ -676,14 +895,23 @@ def config_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
     laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 11)
     )
+    popen = f"{{class_path: subprocess.Popen, init_args: {{args: [touch, {marker}]}}}}"
+    callback = config.replace("trainer:\n", f"trainer:\n  callbacks: [{popen}]\n", 1)
+    data = config.split("data:\n")[0] + f"data: {popen}\nmodel:\n" + config.split("model:\n")[1]
+
+    def tagged(tag: str) -> bytes:
+        return f"{config}\nx: {tag}\n".encode()
+
+    shell, argv = f'"touch {marker}"', f'["touch", "{marker}"]'
     return [
-        ("!!python/object/apply", "c.yaml", f'{config}\nx: !!python/object/apply:os.system ["touch {marker}"]\n'.encode()),
-        ("!!python/name", "c.yaml", f"{config}\nx: !!python/name:os.system\n".encode()),
-        ("!!python/object/new", "c.yaml", f'{config}\nx: !!python/object/new:subprocess.Popen [["touch", "{marker}"]]\n'.encode()),
+        ("!!python/object/apply", "c.yaml", tagged(f"!!python/object/apply:os.system [{shell}]")),
+        ("!!python/name", "c.yaml", tagged("!!python/name:os.system")),
+        ("!!python/object/new", "c.yaml", tagged(f"!!python/object/new:subprocess.Popen [{argv}]")),
         ("billion laughs", "c.yaml", f"{config}\n{laughs}trainer: {{max_epochs: *a10}}\n".encode()),
-        ("nested 50000 deep", "c.yaml", f"{config}\nx: {'[' * 50_000}{']' * 50_000}\n".encode()),
+        ("nested 50000 deep", "c.yaml", tagged(f"{'[' * 50_000}{']' * 50_000}")),
         ("32 MiB of comments", "c.yaml", config.encode() + b"#" * (32 << 20)),
-        ("a callback that runs a command", "c.yaml", config.replace("trainer:\n", f"trainer:\n  callbacks: [{{class_path: subprocess.Popen, init_args: {{args: [touch, {marker}]}}}}]\n", 1).encode()),
+        ("a callback that runs a command", "c.yaml", callback.encode()),
+        ("data that runs a command", "c.yaml", data.encode()),
         ("not UTF-8", "c.yaml", b"\xff\xfe" + config.encode()),
     ]  # fmt: skip
 
@@ -693,19 +921,137 @@ def config_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
 # --------------------------------------------------------------------------------------------
 
 READERS = [
-    Reader("cifar100", write_cifar100_small, read_cifar("cifar100"), check_cifar(100), cifar_structure, cifar_crafted),
-    Reader("cifar10-python2", write_cifar10_small, read_cifar("cifar10"), check_cifar(10), cifar_structure, lambda f, m: []),
-    Reader("fashion-mnist-idx", write_fashion, read_fashion, check_fashion, idx_structure, idx_crafted),
-    Reader("image-file", write_images, read_images, check_images, None, image_crafted("a.png")),
-    Reader("image-folder", write_folder, read_folder(False), check_folder, None, image_crafted("val/cat/0.jpg"), weight=0.5),
-    Reader("image-folder-device", write_folder, read_folder(True), check_folder, None, image_crafted("train/dog/2.jpg"), weight=0.5),
-    Reader("groupings-json", write_groupings, read_groupings, check_groupings, json_structure, groupings_crafted, weight=2),
-    Reader("checkpoint", write_ckpt, read_ckpt, check_predictions, ckpt_structure, ckpt_crafted),
-    Reader("export-folder", write_export, read_ckpt, check_predictions, json_structure, export_crafted),
-    Reader("shards", write_shards, read_shards, check_shards, shard_structure, shards_crafted, weight=0.5),
-    Reader("confusion-npy", write_confusion, read_confusion, check_confusion, npy_structure, confusion_crafted, cli=True),
-    Reader("config-yaml", write_config, read_config, lambda folder: None, yaml_structure, config_crafted, cli=True, weight=0.34),
-]  # fmt: skip
+    Reader(
+        "cifar100",
+        write_cifar100_small,
+        read_cifar("cifar100"),
+        check_cifar(100),
+        cifar_structure,
+        cifar_crafted("cifar100"),
+    ),
+    Reader(
+        "cifar10-python2",
+        write_cifar10_small,
+        read_cifar("cifar10"),
+        check_cifar(10),
+        cifar_structure,
+        cifar_crafted("cifar10"),
+    ),
+    Reader(
+        "fashion-mnist-idx",
+        write_fashion,
+        read_fashion,
+        check_fashion,
+        idx_structure,
+        idx_crafted,
+    ),
+    Reader(
+        "image-file",
+        write_images,
+        read_images,
+        check_images,
+        image_structure,
+        image_crafted("a.png"),
+    ),
+    Reader(
+        "image-folder",
+        write_folder,
+        read_folder(False),
+        check_folder,
+        image_structure,
+        image_crafted("val/cat/0.jpg"),
+        weight=0.5,
+    ),
+    Reader(
+        "image-folder-device",
+        write_folder,
+        read_folder(True),
+        check_folder,
+        image_structure,
+        image_crafted("train/dog/2.jpg"),
+        weight=0.5,
+    ),
+    Reader(
+        "groupings-json",
+        write_groupings,
+        read_groupings,
+        check_groupings,
+        json_structure,
+        groupings_crafted,
+        weight=2,
+    ),
+    Reader(
+        "groupings-text",
+        write_group_text,
+        read_group_text,
+        check_groupings,
+        text_structure,
+        group_text_crafted,
+        weight=2,
+    ),
+    Reader(
+        "checkpoint",
+        write_ckpt,
+        read_model,
+        check_predictions,
+        ckpt_structure,
+        ckpt_crafted,
+    ),
+    Reader(
+        "export-folder",
+        write_export,
+        read_model,
+        check_predictions,
+        json_structure,
+        export_crafted,
+    ),
+    Reader(
+        "onnx-export",
+        write_onnx,
+        read_model,
+        check_predictions,
+        onnx_structure,
+        onnx_crafted,
+    ),
+    Reader(
+        "export-command",
+        write_ckpt,
+        read_export_command,
+        check_export_command,
+        ckpt_structure,
+        ckpt_crafted,
+        cli=True,
+        weight=0.5,
+    ),
+    Reader(
+        "shards",
+        write_shards,
+        read_shards,
+        check_shards,
+        shard_structure,
+        shards_crafted,
+        weight=0.5,
+    ),
+    Reader(
+        "confusion-npy",
+        write_confusion,
+        read_confusion,
+        check_confusion,
+        npy_structure,
+        confusion_crafted,
+        cli=True,
+    ),
+    Reader(
+        "config-yaml",
+        write_config,
+        read_config,
+        check_config,
+        yaml_structure,
+        config_crafted,
+        cli=True,
+        weight=0.34,
+    ),
+]
 
 
 @pytest.fixture(scope="session")
@@ -728,6 +1074,21 @@ def pristine(tmp_path_factory) -> Any:
         return cache[reader.name]
 
     return get
+
+
+@pytest.mark.parametrize("reader", READERS, ids=lambda r: r.name)
+def test_valid_input_reads(reader, pristine, tmp_path, capsys):
+    """The fuzzer's starting point is read correctly: its cases start from a working input."""
+    folder, _ = pristine(reader)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    outcome, _ = read_guarded(reader, copy, capsys)
+    if reader.cli:
+        assert outcome.code == 0, outcome.stderr
+        reader.check(copy)
+    else:
+        assert outcome.error is None, outcome.error
+        reader.check(outcome.result)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -21,7 +21,7 @@ import torch
 
 from ssal.backbones.registry import create_model
 from ssal.data.transforms import eval_resize
-from ssal.files import write_json
+from ssal.files import read_json, write_json
 from ssal.grouping import Grouping
 from ssal.model import SSALModel
 
@@ -30,12 +30,15 @@ __all__ = [
     "EXPORT_INFO",
     "EXPORT_ONNX",
     "EXPORT_WEIGHTS",
+    "check_description",
     "describe_model",
     "export_checkpoint",
     "groupings_of",
     "load_checkpoint",
+    "onnx_heads",
     "preprocessing_of",
     "read_checkpoint",
+    "read_export_info",
     "set_checkpoint_alpha",
 ]
 
@@ -136,21 +139,25 @@ def _reason(path: Path, e: BaseException) -> str:
     return "truncated or corrupt"
 
 
+def read_export_info(folder: Path, weights: str = EXPORT_WEIGHTS) -> dict[str, Any]:
+    """``ssal.json`` of an export folder that also holds ``weights``, as a dict (unchecked:
+    ``check_description`` says whether it is usable)."""
+    info_path = folder / EXPORT_INFO
+    for p in (info_path, folder / weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
+    info = read_json(info_path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path}: not an ssal model description")
+    return info
+
+
 def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """An ``ssal export`` folder: weights as safetensors (no pickle) and a JSON description."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    info_path, weights = folder / EXPORT_INFO, folder / EXPORT_WEIGHTS
-    for p in (info_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
-    try:
-        info = json.loads(info_path.read_text())
-    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, huge numbers, deep nesting
-        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{info_path}: not an ssal model description")
+    info, weights = read_export_info(folder), folder / EXPORT_WEIGHTS
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
@@ -243,19 +250,39 @@ def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
     )
 
 
+def check_description(path: str | Path, info: Any) -> list[Grouping]:
+    """The groupings of a model description read from ``path``, after checking its values'
+    types and sizes (nothing is built); ``ValueError`` naming ``path`` and the problem."""
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: the model description is not a mapping")
+    problem = _description_problem(info)
+    if problem:
+        raise ValueError(f"{path}: the model description is unusable ({problem})")
+    try:
+        groupings = groupings_of(info)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+    except ValueError as e:  # a grouping's assignment
+        raise ValueError(f"{path}: {e}") from None
+    for g in groupings:
+        if g.num_classes != info["num_classes"]:
+            raise ValueError(
+                f"{path}: grouping {g.name!r} covers {g.num_classes} classes, the model "
+                f"{info['num_classes']}"
+            )
+    return groupings
+
+
 def _model_of(
     path: Path, info: dict[str, Any], state_dict: Any
 ) -> tuple[SSALModel, list[Grouping]]:
     """Build the described model and load its weights, after checking on the ``meta`` device
     (nothing allocated) that every weight is a tensor of the shape the model expects."""
-    problem = _description_problem(info)
-    if problem:
-        raise ValueError(f"{path}: the model description is unusable ({problem})")
+    groupings = check_description(path, info)
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
         raise ValueError(f"{path}: the weights are not a mapping of names to tensors")
     state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
     try:
-        groupings = groupings_of(info)
         with torch.device("meta"):
             skeleton = _build(info, groupings)
     except (KeyError, TypeError, AttributeError, IndexError) as e:
@@ -272,6 +299,13 @@ def _model_of(
             f"{path}: weights do not fit {info['model']} (missing, unexpected or misshapen: "
             f"{', '.join(wrong[:3]) or 'non-tensor values'})"
         )
+    for i, g in enumerate(groupings):  # the weights repeat each grouping as a buffer
+        index = state[f"group_index_{i}"]
+        if not torch.equal(index.double(), torch.as_tensor(g.assignment).double()):
+            raise ValueError(
+                f"{path}: the weights' group_index_{i} disagrees with grouping {g.name!r} of "
+                "the model description"
+            )
     model = _build(info, groupings)
     model.load_state_dict(state)
     return model, groupings
@@ -294,10 +328,8 @@ def load_checkpoint(
     else:
         ckpt = read_checkpoint(path, map_location)
         info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: the model description is not a mapping")
-    info = dict(info)
     model, groupings = _model_of(path, info, state_dict)
+    info = dict(info)
     info["preprocessing"] = preprocessing_of(info)
     info["groupings"] = groupings
     info["epoch"] = ckpt.get("epoch", info.get("epoch"))
@@ -321,30 +353,39 @@ def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetens
     names, preprocessing) beside the weights as ``model.safetensors`` (loads with
     ``load_checkpoint(out)``, nothing unpickled) or, with ``format="onnx"``, the whole model as
     ``model.onnx`` (``onnx_heads``: one named output per head, any batch size; runs with
-    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all."""
+    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all.
+
+    The checkpoint is checked as ``load_checkpoint`` checks it before anything is written, and
+    the weights go through a temporary file: an export that fails leaves no file behind."""
     if format not in ("safetensors", "onnx"):
         raise ValueError(f"export format must be safetensors or onnx, got {format!r}")
+    path = Path(path)
     ckpt = read_checkpoint(path)
+    model, _ = _model_of(path, ckpt[CHECKPOINT_KEY], ckpt["state_dict"])
     info = dict(ckpt[CHECKPOINT_KEY])
     info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
+    if format == "onnx":
+        info["onnx_heads"] = onnx_heads(model.num_branches)
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the model description is not plain JSON values ({e})") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if format == "onnx":
-        model, _ = load_checkpoint(path)
-        info["onnx_heads"] = onnx_heads(model.num_branches)
-        target, tmp = out / EXPORT_ONNX, out / f".{EXPORT_ONNX}.tmp"
-        _export_onnx(model, tmp)
-    else:
-        state = {
-            k[4:]: v.contiguous()
-            for k, v in ckpt["state_dict"].items()
-            if k.startswith("net.") and isinstance(v, torch.Tensor)
-        }
-        from safetensors.torch import save_file
+    name = EXPORT_ONNX if format == "onnx" else EXPORT_WEIGHTS
+    target, tmp = out / name, out / f".{name}.tmp"
+    try:
+        if format == "onnx":
+            _export_onnx(model, tmp)
+        else:
+            from safetensors.torch import save_file
 
-        target, tmp = out / EXPORT_WEIGHTS, out / f".{EXPORT_WEIGHTS}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
-    tmp.chmod(0o644)
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+        tmp.chmod(0o644)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)
     write_json(out / EXPORT_INFO, info)
     return out

@@ -2,14 +2,17 @@
 
 A grouping is an int array ``g`` of length C with ``g[c]`` in ``0..G-1`` and no empty group.
 ``group_classes`` runs the paper's greedy algorithm on a confusion matrix; ``Grouping`` holds
-one grouping with its name and mode; ``save_groupings``/``load_groupings`` read and write the
-plain JSON file that carries them between runs.
+one grouping with its name and mode; ``save_groupings``/``load_groupings`` write and read the
+plain JSON file that carries them between runs (``load_groupings`` also reads the authors' text
+files, one group index per line).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from ssal.files import write_text
+from ssal.files import read_text, write_text
 
 __all__ = [
     "CIFAR100_CLASSES",
@@ -132,7 +135,10 @@ def check_assignment(
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{what}: assignment must be a non-empty list of group indices")
     if a.dtype.kind not in "iu" and (
-        a.dtype.kind not in "f" or not np.all(np.isfinite(a)) or np.any(a != np.round(a))
+        a.dtype.kind not in "f"
+        or not np.all(np.isfinite(a))
+        or np.any(a != np.round(a))
+        or np.any(np.abs(a) > 2**53)  # past exact whole floats (and int64's range)
     ):
         raise ValueError(f"{what}: assignment must hold integer group indices")
     a = a.astype(np.int64)
@@ -250,15 +256,45 @@ def load_groupings(
 ) -> tuple[list[Grouping], list[str] | None]:
     """Read a groupings file; check every grouping against ``num_classes`` when given.
 
-    Returns ``(groupings, class_names)``; raises ``FileNotFoundError`` or ``ValueError`` with a
-    message naming the file and what is wrong.
+    Two formats: ssal's JSON file (``save_groupings``; any number of groupings, class names)
+    or the authors' text file, one grouping with line ``c`` holding the group of class ``c``,
+    written as a number (``1.400000000000000000e+01``). Returns ``(groupings, class_names)``;
+    raises ``FileNotFoundError`` or ``ValueError`` with a message naming the file and what is
+    wrong.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"groupings file not found: {path}")
+    text = read_text(path)
+    if not text.lstrip().startswith(("{", "[")):
+        return [_text_grouping(path, text, num_classes)], None
+    return _json_groupings(path, text, num_classes)
+
+
+def _text_grouping(path: Path, text: str, num_classes: int | None) -> Grouping:
+    """The authors' format: one group index per line, as a whole number (float or int)."""
     try:
-        doc = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, huge numbers, deep nesting
+        with warnings.catch_warnings():  # an empty file: "input contained no data"
+            warnings.simplefilter("ignore", UserWarning)
+            values = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=1)
+    except ValueError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"{path}: not a groupings file (JSON, or one group index per line: {reason})"
+        ) from None
+    if values.ndim != 1:
+        raise ValueError(f"{path}: more than one value on a line; expected one group index")
+    a = check_assignment(values, num_classes, what=str(path))
+    return Grouping(a, name=path.stem)
+
+
+def _json_groupings(
+    path: Path, text: str, num_classes: int | None
+) -> tuple[list[Grouping], list[str] | None]:
+    """An ssal JSON groupings file, checked value by value."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:  # bad JSON, huge numbers, deep nesting
         raise ValueError(f"{path}: not a JSON groupings file ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("groupings"), list):
         raise ValueError(f"{path}: expected an object with a 'groupings' list")

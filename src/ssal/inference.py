@@ -9,7 +9,6 @@ in the README, "Predictions (JSON)"). ``predict_tensors`` does the same for a ba
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ from ssal.checkpoint import (
     EXPORT_INFO,
     EXPORT_ONNX,
     EXPORT_WEIGHTS,
-    groupings_of,
+    check_description,
     load_checkpoint,
+    onnx_heads,
     preprocessing_of,
+    read_export_info,
 )
 from ssal.data.decoding import load_pil
 from ssal.data.transforms import normalize, resize_for_model
@@ -71,22 +72,38 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
 
 class OnnxModel:
     """An ``ssal export --format onnx`` model run by onnxruntime, called like an ``SSALModel``:
-    ``model(images (N, C, H, W))`` returns ``SSALOutput`` (on the CPU)."""
+    ``model(images (N, C, H, W))`` returns ``SSALOutput`` (on the CPU).
 
-    def __init__(self, path: str | Path, heads: Sequence[str]) -> None:
+    ``heads``: the output names, fine logits first; ``widths``: the number of columns each must
+    have (classes, then each grouping's groups), checked on every call when given. A file
+    onnxruntime cannot load, a model without those outputs and a run that fails or returns
+    other shapes raise ``ValueError`` naming the file."""
+
+    def __init__(
+        self, path: str | Path, heads: Sequence[str], widths: Sequence[int] | None = None
+    ) -> None:
         try:
             import onnxruntime
         except ImportError:
             raise ValueError("ONNX models run with onnxruntime: pip install 'ssal[onnx]'") from None
+        self.path, self.heads = Path(path), list(heads)
+        self.widths = None if widths is None else list(widths)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # fatal only: failures become ssal's one-line errors
+        self.quiet = onnxruntime.RunOptions()
+        self.quiet.log_severity_level = 4
         try:
             self.session = onnxruntime.InferenceSession(
-                str(path), providers=["CPUExecutionProvider"]
+                str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime's own error types for a bad file
+            raise ValueError(f"{path}: not a loadable ONNX model ({_brief(e)})") from None
+        outputs = {o.name for o in self.session.get_outputs()}
+        if len(self.session.get_inputs()) != 1 or not set(self.heads) <= outputs:
             raise ValueError(
-                f"{path}: not a loadable ONNX model ({' '.join(str(e).split())[:160]})"
-            ) from None
-        self.heads = list(heads)
+                f"{path}: the ONNX model does not have one input and the outputs "
+                f"{', '.join(self.heads)}"
+            )
         self.num_branches = len(self.heads) - 1
 
     def eval(self) -> OnnxModel:
@@ -97,14 +114,39 @@ class OnnxModel:
 
     def __call__(self, images: torch.Tensor) -> SSALOutput:
         feed = {self.session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
-        outs = self.session.run(self.heads, feed)
-        tensors = [torch.from_numpy(o) for o in outs]
+        try:
+            outs = self.session.run(self.heads, feed, self.quiet)
+        except Exception as e:  # onnxruntime's own error types: shapes, types, allocation
+            raise ValueError(f"{self.path}: the ONNX model failed to run ({_brief(e)})") from None
+        n = len(images)
+        for i, out in enumerate(outs):
+            width = None if self.widths is None else self.widths[i]
+            if not (
+                isinstance(out, np.ndarray)
+                and out.dtype.kind == "f"
+                and out.ndim == 2
+                and out.shape[0] == n
+                and (width is None or out.shape[1] == width)
+            ):
+                shape = getattr(out, "shape", type(out).__name__)
+                raise ValueError(
+                    f"{self.path}: output {self.heads[i]} has shape {shape}, expected "
+                    f"({n}, {width if width is not None else 'K'}) numbers"
+                )
+        tensors = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in outs]
         return SSALOutput(tensors[0], tuple(tensors[1:]))
+
+
+def _brief(e: BaseException) -> str:
+    return " ".join(str(e).split())[:160] or type(e).__name__
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """A model and its description from a checkpoint, an ``ssal export`` folder (weights as
-    safetensors) or an ONNX export (a folder with ``model.onnx``, or the file itself)."""
+    safetensors) or an ONNX export (a folder with ``model.onnx``, or the file itself).
+
+    ``ssal.json`` of an ONNX export is checked as a checkpoint's description is, and its
+    ``onnx_heads`` must name the fine logits and one output per grouping."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     onnx = path if path.suffix == ".onnx" else folder / EXPORT_ONNX
@@ -113,19 +155,15 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     )
     if not is_onnx:
         return load_checkpoint(path)
+    info = read_export_info(folder, onnx.name)
     info_path = folder / EXPORT_INFO
-    if not onnx.is_file() or not info_path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: not an ONNX export (needs {EXPORT_ONNX} and {EXPORT_INFO})"
-        )
-    try:
-        info = json.loads(info_path.read_text())
-        info["groupings"] = groupings_of(info)
-        info["preprocessing"] = preprocessing_of(info)
-        heads = info["onnx_heads"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{info_path}: not an ssal model description ({e})") from None
-    return OnnxModel(onnx, heads), info
+    groupings = check_description(info_path, info)
+    heads = onnx_heads(len(groupings))
+    if info.get("onnx_heads") != heads:
+        raise ValueError(f"{info_path}: onnx_heads must be {heads} (one output per grouping)")
+    info = {**info, "groupings": groupings, "preprocessing": preprocessing_of(info)}
+    widths = [info["num_classes"], *(g.num_groups for g in groupings)]
+    return OnnxModel(onnx, heads, widths), info
 
 
 def load_image(

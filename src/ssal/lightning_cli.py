@@ -276,6 +276,7 @@ def check_config(path: Path) -> None:
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     for path in config_files(argv):
         check_config(path)
@@ -291,6 +292,8 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         )
     except ArgumentError as e:
         raise ConfigError(explain_config_error(str(e), argv)) from None
+    except MisconfigurationException as e:  # Lightning's word for a setting it cannot use
+        raise ConfigError(" ".join(str(e).split())[:300]) from None
     except KeyboardInterrupt:
         if argv and argv[0] == "fit":
             raise Interrupted(resume_command(argv)) from None

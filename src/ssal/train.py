@@ -28,7 +28,7 @@ from ssal.grouping import Grouping, groupings_from_spec
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
-from ssal.recipe import parameter_groups, sgd, warmup_linear_decay
+from ssal.recipe import check_recipe, parameter_groups, sgd, warmup_linear_decay
 
 __all__ = [
     "COMPILE_MODES",
@@ -91,6 +91,7 @@ class SSALModule(L.LightningModule):
         super().__init__()
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        check_recipe(lr, momentum, weight_decay, branch_weight_decay, backbone_lr_factor)
         self.save_hyperparameters()
         self.entry = get_entry(model)
         self.alpha = self.entry.alpha if alpha is None else float(alpha)

@@ -109,8 +109,16 @@ class _Array:
         self.array = _array(data, dtype, shape, fortran)
 
 
+class _NdarrayName:
+    """What ``numpy.ndarray`` unpickles to: a name ``_reconstruct`` accepts, never callable
+    (``ndarray(shape)`` would allocate whatever a file declares)."""
+
+
+_NDARRAY = _NdarrayName()
+
+
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _Array:
-    if subtype is not np.ndarray or shape != (0,):
+    if subtype is not _NDARRAY or shape != (0,):
         raise pickle.UnpicklingError(f"array made as {shape!r} (NumPy writes (0,))")
     return _Array()
 
@@ -139,7 +147,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
         for m in ("numpy.core.multiarray", "numpy._core.multiarray")
     },
     **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Dtype,
     ("_codecs", "encode"): _latin1,
     ("__builtin__", "bytes"): _empty_bytes,
@@ -175,6 +183,8 @@ def _resolve(obj: Any, depth: int = 0) -> Any:
         return obj.array
     if isinstance(obj, _Dtype):
         return obj.resolve()
+    if isinstance(obj, _NdarrayName):
+        raise pickle.UnpicklingError("numpy.ndarray outside an array")
     if isinstance(obj, (dict, list, tuple)):
         if depth >= _MAX_DEPTH:
             raise pickle.UnpicklingError(f"containers nested deeper than {_MAX_DEPTH}")

@@ -11,7 +11,6 @@ each rank its own shards, so every image is counted exactly once.
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from ssal.data.decoding import decode_on_cpu
 from ssal.data.readers import load_dataset
 from ssal.data.splits import channel_stats, stratified_split
 from ssal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transforms, shift_flip
-from ssal.files import write_json
+from ssal.files import read_json, write_json
 
 __all__ = ["ShardDataModule", "convert_to_shards", "read_meta"]
 
@@ -150,10 +149,7 @@ def read_meta(location: str | Path) -> dict[str, Any]:
     path = Path(location) / META
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write shards with `ssal data convert`")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, huge numbers, deep nesting
-        raise ValueError(f"{path}: not valid JSON ({str(e)[:200]})") from None
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "splits" not in meta:
         raise ValueError(f"{path}: not an ssal shards description")
     problem = _meta_problem(meta)
