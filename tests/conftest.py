@@ -59,3 +59,19 @@ def write_label_file(path: Path, assignment) -> Path:
     numpy.savetxt writes numbers (``1.400000000000000000e+01``)."""
     path.write_text("".join(f"{float(g):.18e}\n" for g in assignment))
     return path
+
+
+def pytest_addoption(parser) -> None:  # noqa: ANN001 - pytest's Parser
+    parser.addoption(
+        "--fuzz-cases",
+        type=int,
+        default=None,
+        help="cases per reader and mutation kind in tests/test_fuzz.py (SSAL_FUZZ_CASES)",
+    )
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases(request) -> int:
+    from tests.fuzzing import fuzz_cases as cases
+
+    return cases(request.config)

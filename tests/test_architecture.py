@@ -16,7 +16,8 @@ LAYERS = {
         "ssal", "ssal.files", "ssal.grouping", "ssal.conventions", "ssal.layouts", "ssal.model",
         "ssal.loss", "ssal.predict", "ssal.analysis", "ssal.scores", "ssal.recipe", "ssal.runs",
         "ssal.backbones", "ssal.data", "ssal.data.arrays", "ssal.data.readers",
-        "ssal.data.splits", "ssal.data.transforms", "ssal.data.decoding", "ssal.data.loaders",
+        "ssal.data.safe_pickle", "ssal.data.splits", "ssal.data.transforms", "ssal.data.decoding",
+        "ssal.data.loaders",
         "ssal.checkpoint", "ssal.inference", "ssal.evaluate",
     ],
     "engine": [

@@ -701,9 +701,11 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(str(tmp_path), decode_on_device=True, **{**kwargs, "num_workers": 2})
     batches = list(dm.train_dataloader())
     assert len(batches) == 2
-    for encoded, labels in batches:  # JPEG (RGB, gray), PNG (8, 16 bit), BMP
+    for encoded, labels, paths in batches:  # JPEG (RGB, gray), PNG (8, 16 bit), BMP
         assert isinstance(encoded, list) and all(e.dtype == torch.uint8 for e in encoded)
-        images, moved = dm.transfer_batch_to_device((encoded, labels), torch.device("cpu"), 0)
+        assert all(Path(p).parent.parent == tmp_path / "train" for p in paths)
+        batch = (encoded, labels, paths)
+        images, moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
         assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
         assert torch.equal(moved, labels)
     dm = ImageFolderDataModule(str(tmp_path), decode_on_device=True, **kwargs)

@@ -160,6 +160,33 @@ def test_load_checks_model_classes(tmp_path):
         load_groupings(tmp_path / "missing.json")
 
 
+def test_authors_text_format(tmp_path):
+    """One group index per line, written by numpy.savetxt as floats (the authors' files)."""
+    path = tmp_path / "cifar100_20_group_similar_v2.txt"
+    np.savetxt(path, np.arange(12) % 4)
+    assert path.read_text().startswith("0.000000000000000000e+00\n1.000000000000000000e+00")
+    [g], names = load_groupings(path, num_classes=12)
+    assert names is None and g.name == "cifar100_20_group_similar_v2" and g.num_groups == 4
+    assert g.assignment.tolist() == [0, 1, 2, 3] * 3
+    path.write_text("0\n1\n\n2\n")  # blank lines and whole numbers are fine
+    assert load_groupings(path)[0][0].assignment.tolist() == [0, 1, 2]
+    for text, match in [
+        ("0\n1.5\n", r"line 2: '1.5' is not a group index"),
+        ("0\n1e300\n", r"line 2: '1e300' is not a group index"),
+        ("0\nnan\n", r"line 2: 'nan' is not a group index"),
+        ("0\n1 2\n", "line 2: '1 2' holds more than one value"),
+        ("0\n2\n2\n", r"groups \[1\] are empty"),
+        ("", "holds no group indices"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match) as e:
+            load_groupings(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+    np.savetxt(path, np.arange(12) % 4)
+    with pytest.raises(ValueError, match="12 group indices .* but the data has 10 classes"):
+        load_groupings(path, num_classes=10)
+
+
 def test_cifar100_superclasses():
     g = cifar100_superclasses()
     assert g.num_classes == 100 and g.num_groups == 20

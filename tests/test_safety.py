@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,39 @@ def test_missing_dataset_files(trained, tmp_path, capsys):
     )
     one_line_error(capsys, code, "train")
     assert snapshot(tmp_path / "cut") == before
+
+
+class System:
+    """Unpickles as ``os.system(command)``: a tampered dataset file's way to run code."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("target", ["meta", "train"])
+def test_cifar_files_never_run_code(tmp_path, capsys, monkeypatch, target):
+    """The paper's config on CIFAR-100 files whose pickle calls ``os.system``: a ``meta``
+    holding only the payload, or a ``train`` file of valid arrays with one payload among
+    them. The command never runs; one line names the file and the refused global."""
+    marker = tmp_path / "PAYLOAD-RAN"
+    folder = write_cifar100(tmp_path / "data", n_train=20, n_test=10)
+    payload = System(f"touch {marker}")
+    if target == "meta":
+        doc = payload
+    else:
+        doc = pickle.loads((folder / "train").read_bytes(), encoding="bytes")
+        doc[b"extra"] = [payload]
+    (folder / target).write_bytes(pickle.dumps(doc, protocol=2))
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).parents[1] / "configs/cifar100/resnet50_baseline.yaml"
+    args = ["--data.data_dir", str(tmp_path / "data"), "--trainer.accelerator", "cpu"]
+    code = main(["fit", "--config", str(config), *args])
+    one_line_error(capsys, code, str(folder / target), "system", "nothing ran")
+    assert not marker.exists()
+    assert not (tmp_path / "runs").exists()
 
 
 class DivergeAtEpoch(Callback):

@@ -11,6 +11,7 @@ data) and the data settings it was trained on. ``ssal export`` writes the same d
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from ssal.backbones.registry import LEGACY_NAMES, create_model
 from ssal.data.transforms import eval_resize
-from ssal.files import write_json
+from ssal.files import read_json, write_json
 from ssal.grouping import Grouping
 from ssal.model import SSALModel
 
@@ -29,12 +30,15 @@ __all__ = [
     "EXPORT_INFO",
     "EXPORT_ONNX",
     "EXPORT_WEIGHTS",
+    "check_description",
     "describe_model",
     "export_checkpoint",
     "groupings_of",
     "load_checkpoint",
+    "onnx_heads",
     "preprocessing_of",
     "read_checkpoint",
+    "read_export_info",
     "set_checkpoint_alpha",
 ]
 
@@ -137,26 +141,187 @@ def _reason(path: Path, e: BaseException) -> str:
     return "truncated or corrupt"
 
 
+def read_export_info(folder: Path, weights: str = EXPORT_WEIGHTS) -> dict[str, Any]:
+    """``ssal.json`` of an export folder that also holds ``weights``, as a dict (unchecked:
+    ``check_description`` says whether it is usable)."""
+    info_path = folder / EXPORT_INFO
+    for p in (info_path, folder / weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
+    info = read_json(info_path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path}: not an ssal model description")
+    return info
+
+
 def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """An ``ssal export`` folder: weights as safetensors (no pickle) and a JSON description."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    info_path, weights = folder / EXPORT_INFO, folder / EXPORT_WEIGHTS
-    for p in (info_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
-    try:
-        info = json.loads(info_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{info_path}: not an ssal model description")
+    info, weights = read_export_info(folder), folder / EXPORT_WEIGHTS
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights}: not a loadable safetensors file ({e})") from None
     return info, {f"net.{k}": v for k, v in state.items()}
+
+
+MAX_INPUT_SIDE = 4096
+"""Largest image side a model description may ask inputs to be resized or cropped to."""
+
+
+def _is_int(v: Any, low: int = 1, high: int | None = None) -> bool:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+    return ok and (high is None or v <= high)
+
+
+def _numbers(v: Any, n: int) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) == n
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        and all(math.isfinite(x) for x in v)
+    )
+
+
+def _strings(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+def _preprocessing_problem(prep: Any, channels: int) -> str | None:
+    if prep is None or prep == {}:
+        return None
+    if not isinstance(prep, dict):
+        return "preprocessing must be a mapping"
+    for key in ("mean", "std"):
+        if key in prep and not _numbers(prep[key], channels):
+            return f"preprocessing {key} must hold {channels} numbers"
+    if "std" in prep and min(prep["std"]) <= 0:
+        return "preprocessing std must be positive"
+    if prep.get("resize") is not None and not _is_int(prep["resize"], 1, MAX_INPUT_SIDE):
+        return f"preprocessing resize must be a side of 1..{MAX_INPUT_SIDE} pixels"
+    crop = prep.get("crop")
+    if crop is not None and not (
+        isinstance(crop, list)
+        and len(crop) == 2
+        and all(_is_int(c, 1, MAX_INPUT_SIDE) for c in crop)
+    ):
+        return f"preprocessing crop must be [H, W] of 1..{MAX_INPUT_SIDE} pixels"
+    return None
+
+
+def _description_problem(info: dict[str, Any]) -> str | None:
+    """What makes a model description unusable, or None (types and sizes, before building)."""
+    if not isinstance(info.get("model"), str) or not _is_int(info.get("num_classes")):
+        return "model must be a name and num_classes a positive count"
+    size, channels = info.get("input_size"), info.get("in_channels")
+    if not (isinstance(size, list) and len(size) == 3 and _is_int(channels, 1, 4)):
+        return "input_size must be [C, H, W] with in_channels C of 1..4"
+    if size[0] != channels or not all(_is_int(v, 1, MAX_INPUT_SIDE) for v in size[1:]):
+        return f"input_size must be [{channels}, H, W] with sides of 1..{MAX_INPUT_SIDE} pixels"
+    if not (_strings(info.get("positions")) and _strings(info.get("layouts"))):
+        return "positions and layouts must be lists of names"
+    groupings = info.get("groupings")
+    if not isinstance(groupings, list) or not all(
+        isinstance(g, Grouping) or (isinstance(g, dict) and "assignment" in g) for g in groupings
+    ):
+        return "groupings must be a list of groupings"
+    alpha = info.get("alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        return "alpha must be a number"
+    names = info.get("class_names")
+    if not _strings(names) or (names is not None and len(names) != info["num_classes"]):
+        return f"class_names must list the {info['num_classes']} classes' names"
+    if info.get("data") is not None and not isinstance(info["data"], dict):
+        return "data must be a mapping"
+    norm = info.get("normalization")
+    if norm is not None and _preprocessing_problem(norm, channels):
+        return "normalization must hold mean and std per channel"
+    return _preprocessing_problem(info.get("preprocessing"), channels)
+
+
+def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
+    return create_model(
+        info["model"],
+        info["num_classes"],
+        groupings or None,
+        in_channels=info["in_channels"],
+        positions=info["positions"] or None,
+        layouts=info["layouts"] or None,
+    )
+
+
+def check_description(path: str | Path, info: Any) -> list[Grouping]:
+    """The groupings of a model description read from ``path``, after checking its values'
+    types and sizes (nothing is built); ``ValueError`` naming ``path`` and the problem."""
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: the model description is not a mapping")
+    problem = _description_problem(info)
+    if problem:
+        raise ValueError(f"{path}: the model description is unusable ({problem})")
+    try:
+        groupings = groupings_of(info)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+    except ValueError as e:  # a grouping's assignment
+        raise ValueError(f"{path}: {e}") from None
+    for g in groupings:
+        if g.num_classes != info["num_classes"]:
+            raise ValueError(
+                f"{path}: grouping {g.name!r} covers {g.num_classes} classes, the model "
+                f"{info['num_classes']}"
+            )
+    return groupings
+
+
+def _current_name(info: Any) -> Any:
+    """A description of schema 2 or older with its model named as today (``LEGACY_NAMES``:
+    the paper's names build the authors' networks since schema 3)."""
+    if not isinstance(info, dict) or not isinstance(info.get("model"), str):
+        return info
+    schema = info.get("schema", 1)
+    if isinstance(schema, int) and schema < 3:
+        return {**info, "model": LEGACY_NAMES.get(info["model"], info["model"])}
+    return info
+
+
+def _model_of(
+    path: Path, info: dict[str, Any], state_dict: Any
+) -> tuple[SSALModel, list[Grouping]]:
+    """Build the described model and load its weights, after checking on the ``meta`` device
+    (nothing allocated) that every weight is a tensor of the shape the model expects."""
+    groupings = check_description(path, info)
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise ValueError(f"{path}: the weights are not a mapping of names to tensors")
+    state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
+    try:
+        with torch.device("meta"):
+            skeleton = _build(info, groupings)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+    except ValueError as e:  # groupings, positions or layouts that do not fit the model
+        raise ValueError(f"{path}: {e}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if given != expected or len(state) != len(given):
+        wrong = sorted(
+            set(expected) ^ set(state) | {k for k in given if given[k] != expected.get(k)}
+        )
+        raise ValueError(
+            f"{path}: weights do not fit {info['model']} (missing, unexpected or misshapen: "
+            f"{', '.join(wrong[:3]) or 'non-tensor values'})"
+        )
+    for i, g in enumerate(groupings):  # the weights repeat each grouping as a buffer
+        index = state[f"group_index_{i}"]
+        if not torch.equal(index.double(), torch.as_tensor(g.assignment).double()):
+            raise ValueError(
+                f"{path}: the weights' group_index_{i} disagrees with grouping {g.name!r} of "
+                "the model description"
+            )
+    model = _build(info, groupings)
+    model.load_state_dict(state)
+    return model, groupings
 
 
 def load_checkpoint(
@@ -167,6 +332,8 @@ def load_checkpoint(
     Returns the model (eval mode) and its description: model name (for checkpoints of schema 2
     and older, the name that builds what their name built then), ``groupings`` (as
     ``Grouping``), alpha, class names, ``preprocessing`` and data settings, epoch and step.
+    A description or weights that do not fit raise ``ValueError`` naming the file, before
+    anything the size of the description's claims is allocated.
     """
     path = Path(path)
     if path.is_dir() or path.name in (EXPORT_INFO, EXPORT_WEIGHTS):
@@ -175,27 +342,9 @@ def load_checkpoint(
     else:
         ckpt = read_checkpoint(path, map_location)
         info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
-    info = dict(info)
-    try:
-        if int(info.get("schema", 1)) < 3:
-            info["model"] = LEGACY_NAMES.get(info["model"], info["model"])
-        groupings = groupings_of(info)
-        model = create_model(
-            info["model"],
-            info["num_classes"],
-            groupings or None,
-            in_channels=info["in_channels"],
-            positions=info["positions"] or None,
-            layouts=info["layouts"] or None,
-        )
-        info["preprocessing"] = preprocessing_of(info)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
-    state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {info['model']} ({str(e)[:200]})") from None
+    model, groupings = _model_of(path, _current_name(info), state_dict)
+    info = _current_name(dict(info))
+    info["preprocessing"] = preprocessing_of(info)
     info["groupings"] = groupings
     info["epoch"] = ckpt.get("epoch", info.get("epoch"))
     info["global_step"] = ckpt.get("global_step", info.get("global_step"))
@@ -218,30 +367,39 @@ def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetens
     names, preprocessing) beside the weights as ``model.safetensors`` (loads with
     ``load_checkpoint(out)``, nothing unpickled) or, with ``format="onnx"``, the whole model as
     ``model.onnx`` (``onnx_heads``: one named output per head, any batch size; runs with
-    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all."""
+    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all.
+
+    The checkpoint is checked as ``load_checkpoint`` checks it before anything is written, and
+    the weights go through a temporary file: an export that fails leaves no file behind."""
     if format not in ("safetensors", "onnx"):
         raise ValueError(f"export format must be safetensors or onnx, got {format!r}")
+    path = Path(path)
     ckpt = read_checkpoint(path)
+    model, _ = _model_of(path, ckpt[CHECKPOINT_KEY], ckpt["state_dict"])
     info = dict(ckpt[CHECKPOINT_KEY])
     info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
+    if format == "onnx":
+        info["onnx_heads"] = onnx_heads(model.num_branches)
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the model description is not plain JSON values ({e})") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if format == "onnx":
-        model, _ = load_checkpoint(path)
-        info["onnx_heads"] = onnx_heads(model.num_branches)
-        target, tmp = out / EXPORT_ONNX, out / f".{EXPORT_ONNX}.tmp"
-        _export_onnx(model, tmp)
-    else:
-        state = {
-            k[4:]: v.contiguous()
-            for k, v in ckpt["state_dict"].items()
-            if k.startswith("net.") and isinstance(v, torch.Tensor)
-        }
-        from safetensors.torch import save_file
+    name = EXPORT_ONNX if format == "onnx" else EXPORT_WEIGHTS
+    target, tmp = out / name, out / f".{name}.tmp"
+    try:
+        if format == "onnx":
+            _export_onnx(model, tmp)
+        else:
+            from safetensors.torch import save_file
 
-        target, tmp = out / EXPORT_WEIGHTS, out / f".{EXPORT_WEIGHTS}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
-    tmp.chmod(0o644)
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+        tmp.chmod(0o644)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)
     write_json(out / EXPORT_INFO, info)
     return out

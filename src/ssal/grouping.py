@@ -2,10 +2,10 @@
 
 A grouping is an int array ``g`` of length C with ``g[c]`` in ``0..G-1`` and no empty group.
 ``group_classes`` runs the paper's greedy algorithm on a confusion matrix; ``Grouping`` holds
-one grouping with its name and mode; ``save_groupings``/``load_groupings`` read and write the
-plain JSON file that carries them between runs; ``read_label_file`` reads one grouping in the
-authors' text format (their published groupings); ``groupings_from_spec`` is what a config's
-``groupings:`` names.
+one grouping with its name and mode; ``save_groupings``/``load_groupings`` write and read the
+plain JSON file that carries them between runs (``load_groupings`` also reads the authors' text
+files); ``read_label_file`` reads one grouping in the authors' text format (their published
+groupings); ``groupings_from_spec`` is what a config's ``groupings:`` names.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from ssal.files import write_text
+from ssal.files import read_text, write_text
 
 __all__ = [
     "CIFAR100_CLASSES",
@@ -30,7 +30,6 @@ __all__ = [
     "group_classes",
     "groupings_from_spec",
     "load_groupings",
-    "read_groupings_file",
     "read_label_file",
     "save_groupings",
 ]
@@ -129,21 +128,33 @@ def check_assignment(
     what: str = "grouping",
 ) -> np.ndarray:
     """Validate a grouping array and return it as int64; ``ValueError`` says what is wrong."""
-    a = np.asarray(assignment)
+    try:
+        a = np.asarray(assignment)
+    except (ValueError, TypeError):  # ragged lists
+        a = np.empty(0)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{what}: assignment must be a non-empty list of group indices")
     if a.dtype.kind not in "iu" and (
-        a.dtype.kind not in "f" or not np.all(np.isfinite(a)) or np.any(a != np.round(a))
+        a.dtype.kind not in "f"
+        or not np.all(np.isfinite(a))
+        or np.any(a != np.round(a))
+        or np.any(np.abs(a) > 2**53)  # past exact whole floats (and int64's range)
     ):
         raise ValueError(f"{what}: assignment must hold integer group indices")
     a = a.astype(np.int64)
     if num_classes is not None and len(a) != num_classes:
         raise ValueError(f"{what}: has {len(a)} classes but the model has {num_classes}")
-    g = int(a.max()) + 1 if num_groups is None else num_groups
+    if num_groups is not None and (
+        not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
+    ):
+        raise ValueError(f"{what}: num_groups must be a whole number, got {num_groups!r}")
+    g = int(a.max()) + 1 if num_groups is None else int(num_groups)
     if a.min() < 0 or a.max() >= g:
         raise ValueError(
             f"{what}: group indices must lie in 0..{g - 1}, found {a.min()}..{a.max()}"
         )
+    if g > len(a):  # every group needs a class (checked before np.arange(g) is allocated)
+        raise ValueError(f"{what}: {g} groups for {len(a)} classes; every group needs a class")
     empty = np.setdiff1d(np.arange(g), a)
     if len(empty):
         raise ValueError(
@@ -245,29 +256,48 @@ def load_groupings(
 ) -> tuple[list[Grouping], list[str] | None]:
     """Read a groupings file; check every grouping against ``num_classes`` when given.
 
-    Returns ``(groupings, class_names)``; raises ``FileNotFoundError`` or ``ValueError`` with a
-    message naming the file and what is wrong.
+    Two formats: ssal's JSON file (``save_groupings``; any number of groupings, class names)
+    or the authors' text file, one grouping with line ``c`` holding the group of class ``c``,
+    written as a number (``1.400000000000000000e+01``). Returns ``(groupings, class_names)``;
+    raises ``FileNotFoundError`` or ``ValueError`` with a message naming the file and what is
+    wrong.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"groupings file not found: {path}")
+    text = read_text(path)
+    if not text.lstrip().startswith(("{", "[")):
+        return [_label_grouping(path, text, num_classes)], None
+    return _json_groupings(path, text, num_classes)
+
+
+def _json_groupings(
+    path: Path, text: str, num_classes: int | None
+) -> tuple[list[Grouping], list[str] | None]:
+    """An ssal JSON groupings file, checked value by value."""
     try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:  # bad JSON, huge numbers, deep nesting
         raise ValueError(f"{path}: not a JSON groupings file ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("groupings"), list):
         raise ValueError(f"{path}: expected an object with a 'groupings' list")
     c = doc.get("num_classes", num_classes)
+    if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+        raise ValueError(f"{path}: num_classes must be a positive whole number, got {c!r}")
     if num_classes is not None and c != num_classes:
         raise ValueError(f"{path}: written for {c} classes but the model has {num_classes}")
     names = doc.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError(f"{path}: class_names must be a list of names")
     if names is not None and c is not None and len(names) != c:
         raise ValueError(f"{path}: {len(names)} class names for {c} classes")
     out = []
     for i, entry in enumerate(doc["groupings"]):
         if not isinstance(entry, dict) or "assignment" not in entry:
             raise ValueError(f"{path}: grouping {i} has no 'assignment'")
-        label = f"{path}: grouping {entry.get('name', i)!r}"
+        label = f"{path}: grouping {str(entry.get('name', i))[:60]!r}"
         a = check_assignment(entry["assignment"], c, entry.get("num_groups"), what=label)
         out.append(Grouping.from_dict(entry, a))
     if not out:
@@ -331,23 +361,24 @@ def read_label_file(path: str | Path, num_classes: int | None = None) -> Groupin
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"groupings file not found: {path}")
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file of group indices") from None
+    return _label_grouping(path, read_text(path), num_classes)
+
+
+def _label_grouping(path: Path, text: str, num_classes: int | None) -> Grouping:
+    """``read_label_file`` on the file's text."""
     values = []
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}: line {i}"
+        where, shown = f"{path}: line {i}", line.strip()[:40]
         if len(line.split()) != 1:
-            raise ValueError(f"{where}: {line.strip()!r} holds more than one value")
+            raise ValueError(f"{where}: {shown!r} holds more than one value")
         try:
             v = float(line)
         except ValueError:
-            raise ValueError(f"{where}: {line.strip()!r} is not a number") from None
-        if not math.isfinite(v) or v != int(v) or v < 0:
-            raise ValueError(f"{where}: {line.strip()!r} is not a group index (0, 1, 2, ...)")
+            raise ValueError(f"{where}: {shown!r} is not a number") from None
+        if not math.isfinite(v) or v != int(v) or not 0 <= v < 2**31:
+            raise ValueError(f"{where}: {shown!r} is not a group index (0, 1, 2, ...)")
         values.append(int(v))
     if not values:
         raise ValueError(f"{path}: holds no group indices")
@@ -360,19 +391,6 @@ def read_label_file(path: str | Path, num_classes: int | None = None) -> Groupin
     name = path.stem
     mode = "similar" if "group_similar" in name else "split" if "split_similar" in name else "given"
     return Grouping(a, name=name, mode=mode)
-
-
-def read_groupings_file(path: str | Path, num_classes: int | None = None) -> list[Grouping]:
-    """The groupings in a file: an ssal JSON groupings file (all of its groupings) or one
-    grouping in the authors' text format (``read_label_file``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"groupings file not found: {path}")
-    with path.open("rb") as f:
-        start = f.read(64).lstrip()
-    if start.startswith(b"{"):
-        return load_groupings(path, num_classes=num_classes)[0]
-    return [read_label_file(path, num_classes)]
 
 
 def groupings_from_spec(
@@ -396,7 +414,7 @@ def groupings_from_spec(
         raise ValueError(
             "groupings 'auto' are derived during training (ssal.callbacks.AutoGroupings)"
         )
-    return read_groupings_file(spec, num_classes)
+    return load_groupings(spec, num_classes)[0]
 
 
 def capacity_bound(num_classes: int, num_groups: int, size_margin: float) -> int:

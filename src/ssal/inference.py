@@ -9,7 +9,6 @@ in the README, "Predictions (JSON)"). ``predict_tensors`` does the same for a ba
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,13 @@ from ssal.checkpoint import (
     EXPORT_INFO,
     EXPORT_ONNX,
     EXPORT_WEIGHTS,
-    groupings_of,
+    check_description,
     load_checkpoint,
+    onnx_heads,
     preprocessing_of,
+    read_export_info,
 )
+from ssal.data.decoding import load_pil
 from ssal.data.transforms import normalize, resize_for_model
 from ssal.grouping import Grouping
 from ssal.model import SSALOutput
@@ -70,22 +72,38 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
 
 class OnnxModel:
     """An ``ssal export --format onnx`` model run by onnxruntime, called like an ``SSALModel``:
-    ``model(images (N, C, H, W))`` returns ``SSALOutput`` (on the CPU)."""
+    ``model(images (N, C, H, W))`` returns ``SSALOutput`` (on the CPU).
 
-    def __init__(self, path: str | Path, heads: Sequence[str]) -> None:
+    ``heads``: the output names, fine logits first; ``widths``: the number of columns each must
+    have (classes, then each grouping's groups), checked on every call when given. A file
+    onnxruntime cannot load, a model without those outputs and a run that fails or returns
+    other shapes raise ``ValueError`` naming the file."""
+
+    def __init__(
+        self, path: str | Path, heads: Sequence[str], widths: Sequence[int] | None = None
+    ) -> None:
         try:
             import onnxruntime
         except ImportError:
             raise ValueError("ONNX models run with onnxruntime: pip install 'ssal[onnx]'") from None
+        self.path, self.heads = Path(path), list(heads)
+        self.widths = None if widths is None else list(widths)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # fatal only: failures become ssal's one-line errors
+        self.quiet = onnxruntime.RunOptions()
+        self.quiet.log_severity_level = 4
         try:
             self.session = onnxruntime.InferenceSession(
-                str(path), providers=["CPUExecutionProvider"]
+                str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime's own error types for a bad file
+            raise ValueError(f"{path}: not a loadable ONNX model ({_brief(e)})") from None
+        outputs = {o.name for o in self.session.get_outputs()}
+        if len(self.session.get_inputs()) != 1 or not set(self.heads) <= outputs:
             raise ValueError(
-                f"{path}: not a loadable ONNX model ({' '.join(str(e).split())[:160]})"
-            ) from None
-        self.heads = list(heads)
+                f"{path}: the ONNX model does not have one input and the outputs "
+                f"{', '.join(self.heads)}"
+            )
         self.num_branches = len(self.heads) - 1
 
     def eval(self) -> OnnxModel:
@@ -96,14 +114,39 @@ class OnnxModel:
 
     def __call__(self, images: torch.Tensor) -> SSALOutput:
         feed = {self.session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
-        outs = self.session.run(self.heads, feed)
-        tensors = [torch.from_numpy(o) for o in outs]
+        try:
+            outs = self.session.run(self.heads, feed, self.quiet)
+        except Exception as e:  # onnxruntime's own error types: shapes, types, allocation
+            raise ValueError(f"{self.path}: the ONNX model failed to run ({_brief(e)})") from None
+        n = len(images)
+        for i, out in enumerate(outs):
+            width = None if self.widths is None else self.widths[i]
+            if not (
+                isinstance(out, np.ndarray)
+                and out.dtype.kind == "f"
+                and out.ndim == 2
+                and out.shape[0] == n
+                and (width is None or out.shape[1] == width)
+            ):
+                shape = getattr(out, "shape", type(out).__name__)
+                raise ValueError(
+                    f"{self.path}: output {self.heads[i]} has shape {shape}, expected "
+                    f"({n}, {width if width is not None else 'K'}) numbers"
+                )
+        tensors = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in outs]
         return SSALOutput(tensors[0], tuple(tensors[1:]))
+
+
+def _brief(e: BaseException) -> str:
+    return " ".join(str(e).split())[:160] or type(e).__name__
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """A model and its description from a checkpoint, an ``ssal export`` folder (weights as
-    safetensors) or an ONNX export (a folder with ``model.onnx``, or the file itself)."""
+    safetensors) or an ONNX export (a folder with ``model.onnx``, or the file itself).
+
+    ``ssal.json`` of an ONNX export is checked as a checkpoint's description is, and its
+    ``onnx_heads`` must name the fine logits and one output per grouping."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     onnx = path if path.suffix == ".onnx" else folder / EXPORT_ONNX
@@ -112,33 +155,15 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     )
     if not is_onnx:
         return load_checkpoint(path)
+    info = read_export_info(folder, onnx.name)
     info_path = folder / EXPORT_INFO
-    if not onnx.is_file() or not info_path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: not an ONNX export (needs {EXPORT_ONNX} and {EXPORT_INFO})"
-        )
-    try:
-        info = json.loads(info_path.read_text())
-        info["groupings"] = groupings_of(info)
-        info["preprocessing"] = preprocessing_of(info)
-        heads = info["onnx_heads"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{info_path}: not an ssal model description ({e})") from None
-    return OnnxModel(onnx, heads), info
-
-
-def _to_mode(img: Any, in_channels: int) -> Any:
-    """A PIL image in ``"L"`` (1 channel) or ``"RGB"`` (3): 16-bit scaled, EXIF applied."""
-    from PIL import Image, ImageOps
-
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I;16") or img.mode == "I":  # PIL would clip, not scale
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode != "I" or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("L" if in_channels == 1 else "RGB")
+    groupings = check_description(info_path, info)
+    heads = onnx_heads(len(groupings))
+    if info.get("onnx_heads") != heads:
+        raise ValueError(f"{info_path}: onnx_heads must be {heads} (one output per grouping)")
+    info = {**info, "groupings": groupings, "preprocessing": preprocessing_of(info)}
+    widths = [info["num_classes"], *(g.num_groups for g in groupings)]
+    return OnnxModel(onnx, heads, widths), info
 
 
 def load_image(
@@ -152,9 +177,9 @@ def load_image(
     Any mode PIL reads (grey, RGB, RGBA, palette, 16-bit, ...) becomes ``"L"`` or ``"RGB"``;
     EXIF orientation is applied; then ``preprocessing``'s resize and crop (by default a plain
     resize to ``size = (H, W)``). Raises ``FileNotFoundError`` or
-    ``ValueError("<file>: cannot read image (...)")``.
+    ``ValueError("<file>: cannot read image (...)")``, also for images over PIL's
+    decompression-bomb limit (``ssal.data.decoding``).
     """
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
     path = Path(path)
@@ -162,15 +187,7 @@ def load_image(
         raise FileNotFoundError(f"image not found: {path}")
     if in_channels not in (1, 3):
         raise ValueError(f"models with {in_channels} input channels cannot read image files")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = _to_mode(img, in_channels)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: cannot read image (not a known image format)") from None
-    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, ...
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: cannot read image ({reason})") from None
+    img = load_pil(path, in_channels)
     img = resize_for_model(img, (int(size[0]), int(size[1])), preprocessing)
     return F.pil_to_tensor(img)
 

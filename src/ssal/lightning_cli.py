@@ -49,6 +49,11 @@ class Interrupted(Exception):
     """Ctrl-C stopped a run; the message is the command that resumes it."""
 
 
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_VALUES = 100_000
+"""Most values a config may hold once YAML aliases are expanded ("billion laughs")."""
+
+
 class SSALCLI(LightningCLI):
     """LightningCLI for ``SSALModule`` with CSV + TensorBoard logs and last/best checkpoints."""
 
@@ -86,6 +91,14 @@ class SSALCLI(LightningCLI):
             }
         )
 
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a config whose values do not fit the classes it
+        names (a number where a mapping belongs, ...) is a ``ValueError``, not a traceback."""
+        try:
+            super().instantiate_classes()
+        except (TypeError, AttributeError, KeyError) as e:
+            raise ValueError(f"the config does not fit the classes it names ({e})") from e
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_loss_progress_bar(trainer)
@@ -94,6 +107,8 @@ class SSALCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         trainer = cfg.trainer
+        if not hasattr(trainer, "get"):  # jsonargparse lets a list through
+            raise ValueError(f"trainer: must be a mapping of Trainer arguments, got {trainer!r}")
         if trainer.get("deterministic") and trainer.get("benchmark"):
             trainer.benchmark = None  # cuDNN's timed kernel choice is not deterministic
         _runs_under_root_dir(trainer)
@@ -209,10 +224,62 @@ def resume_command(argv: Sequence[str]) -> str:
     return "ssal " + " ".join(shlex.quote(a) for a in [*args, "--ckpt_path", "last"])
 
 
+def config_files(argv: Sequence[str]) -> list[Path]:
+    """The files given with ``--config``/``-c`` in ``argv``."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            found.append(Path(argv[i + 1]))
+        elif arg.startswith("--config="):
+            found.append(Path(arg.split("=", 1)[1]))
+    return found
+
+
+def _expanded_size(node: Any, seen: dict[int, int]) -> int:
+    """Values a YAML node stands for with every alias expanded (memoised: linear time)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = 1  # a recursive alias counts once instead of looping
+    children = node.value if isinstance(node.value, list) else []
+    items = (
+        [v for pair in children for v in pair]
+        if children and isinstance(children[0], tuple)
+        else children
+    )
+    size = 1 + sum(_expanded_size(child, seen) for child in items)
+    seen[id(node)] = size
+    return size
+
+
+def check_config(path: Path) -> None:
+    """Read a config as ``ssal fit`` will, refusing what could run code or exhaust memory:
+    a file over 1 MiB, text that is not UTF-8 YAML, tags that construct Python objects
+    (``!!python/object``: refused by the safe loader, nothing runs) and aliases expanding to
+    more than ``MAX_CONFIG_VALUES`` values. Raises ``ValueError``/``FileNotFoundError``."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, too large for a config")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
+            raise ValueError(f"aliases expand it to more than {MAX_CONFIG_VALUES} values")
+        yaml.safe_load(text)
+    except (ValueError, RecursionError, yaml.YAMLError) as e:
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(f"{path}: not a usable config ({reason})") from None
+
+
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Run ``ssal fit|validate|test ...`` (argv starts with the subcommand)."""
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    for path in config_files(argv):
+        check_config(path)
     inherited = AutoGroupings.ENV in os.environ
     try:
         SSALCLI(
@@ -225,6 +292,8 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         )
     except ArgumentError as e:
         raise ConfigError(explain_config_error(str(e), argv)) from None
+    except MisconfigurationException as e:  # Lightning's word for a setting it cannot use
+        raise ConfigError(" ".join(str(e).split())[:300]) from None
     except KeyboardInterrupt:
         if argv and argv[0] == "fit":
             raise Interrupted(resume_command(argv)) from None
@@ -264,7 +333,7 @@ def _source(key: str, argv: Sequence[str]) -> str:
     """Where a key came from: the command line, or the config file(s)."""
     if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv):
         return "on the command line"
-    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    configs = [str(c) for c in config_files(argv)]
     leaf = key.rsplit(".", 1)[-1]
     named = [c for c in configs if Path(c).is_file() and leaf in Path(c).read_text()]
     return f"in {', '.join(named or configs)}" if configs else "in the config"

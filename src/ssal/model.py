@@ -97,7 +97,9 @@ class SSALModel(nn.Module):
             for b, c, g in zip(branches, channels, self.groupings, strict=True)
         )
         for i, g in enumerate(self.groupings):
-            self.register_buffer(f"group_index_{i}", torch.as_tensor(g.assignment), persistent=True)
+            # a copy: loading weights into the buffer must never change the Grouping
+            index = torch.tensor(g.assignment, dtype=torch.long)
+            self.register_buffer(f"group_index_{i}", index, persistent=True)
         for i, (module, use_input) in enumerate(targets):
             # bound methods, not closures over self: a deep copy (EMA, SWA) or a pickled model
             # gets hooks that feed its own branches

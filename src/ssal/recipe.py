@@ -18,6 +18,7 @@ from torch import nn
 
 __all__ = [
     "DECAY_KINDS",
+    "check_recipe",
     "decay_by_kind",
     "lr_factor",
     "parameter_groups",
@@ -37,6 +38,31 @@ convolution, linear (classifier, dense, squeeze-excitation) or normalisation lay
 bias."""
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+MAX_RECIPE_VALUE = 1e6
+"""Largest learning rate, momentum, weight decay or factor accepted: far past any useful value
+(values near float32's limit overflow in SGD's update instead of failing cleanly)."""
+
+
+def check_recipe(
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    branch_weight_decay: float | None = None,
+    backbone_lr_factor: float = 1.0,
+) -> None:
+    """``ValueError`` naming the first value SGD cannot use: not a number, NaN, negative or
+    over ``MAX_RECIPE_VALUE``."""
+    values = {
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "branch_weight_decay": 0.0 if branch_weight_decay is None else branch_weight_decay,
+        "backbone_lr_factor": backbone_lr_factor,
+    }
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_RECIPE_VALUE:
+            raise ValueError(f"{name} must be a number of 0 to {MAX_RECIPE_VALUE:g}, got {v!r}")
 
 
 def lr_factor(epoch: float, warmup: int, total: int) -> float:

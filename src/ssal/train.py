@@ -28,7 +28,7 @@ from ssal.grouping import Grouping, groupings_from_spec
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
-from ssal.recipe import decay_by_kind, parameter_groups, sgd, warmup_linear_decay
+from ssal.recipe import check_recipe, decay_by_kind, parameter_groups, sgd, warmup_linear_decay
 
 __all__ = [
     "COMPILE_MODES",
@@ -103,6 +103,7 @@ class SSALModule(L.LightningModule):
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         if schedule_first_epoch < 0:
             raise ValueError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
+        check_recipe(lr, momentum, weight_decay, branch_weight_decay, backbone_lr_factor)
         decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
         self.save_hyperparameters()
         self.entry = get_entry(model)

@@ -211,6 +211,8 @@ def list_models(families: bool = True) -> list[str]:
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; ``ValueError`` listing the known names otherwise."""
+    if not isinstance(name, str):  # a config's `model: null` or a list
+        raise ValueError(f"model must be a model name, got {name!r}; see `ssal models`")
     if name in _MODELS:
         return _MODELS[name]()
     for pattern, fn, _, _ in _FAMILIES:

@@ -23,7 +23,7 @@ from ssal.cli import (
     report,
     study,
 )
-from ssal.cli.common import Parser, UserError, configure_output, one_line
+from ssal.cli.common import USER_ERRORS, Parser, configure_output, one_line
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_output(verbose)
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except USER_ERRORS as e:
         if debug:
             raise
         print(f"ssal: error: {one_line(e)}", file=sys.stderr)

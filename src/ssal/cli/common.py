@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 __all__ = [
+    "USER_ERRORS",
     "Parser",
     "UserError",
     "add_data_args",
@@ -29,6 +30,18 @@ __all__ = [
 
 class UserError(Exception):
     """An error the user can fix; printed as one line."""
+
+
+USER_ERRORS = (
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+"""What ends a command with one ``ssal: error:`` line (exit code 2) instead of a traceback."""
 
 
 class HelpFormatter(argparse.HelpFormatter):

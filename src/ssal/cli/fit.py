@@ -19,17 +19,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(argv: list[str], debug: bool, verbose: bool) -> int:
     """Run ``ssal fit|validate|test ...`` (``argv`` starts with the subcommand)."""
-    from ssal.cli.common import configure_output, one_line
+    from ssal.cli.common import USER_ERRORS, configure_output, one_line
     from ssal.lightning_cli import Interrupted, run_lightning_cli
 
     configure_output(verbose)  # after Lightning is imported: it sets its loggers on import
     try:
         return run_lightning_cli(argv)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except USER_ERRORS as e:
         if debug:
             raise
-        print(f"ssal: error: {one_line(e)}", file=sys.stderr)
+        print(f"ssal: error: {_with_configs(one_line(e), argv)}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"ssal: interrupted; resume with: {e}", file=sys.stderr)
         return 130
+
+
+def _with_configs(message: str, argv: list[str]) -> str:
+    """``message`` with the config files of the run it came from, unless it names them."""
+    from ssal.lightning_cli import config_files
+
+    configs = [str(c) for c in config_files(argv) if str(c) not in message]
+    return f"{message} (config {', '.join(configs)})" if configs else message

@@ -73,16 +73,50 @@ def _read_names(path: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+MAX_CLASSES = 100_000
+
+
+def _npy_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header, checked against the file's size before any
+    array is allocated."""
+    from numpy.lib import format as npy
+
+    with open(p, "rb") as f:
+        if f.read(6) != npy.MAGIC_PREFIX:
+            raise ValueError("not a .npy file (wrong magic string)")
+        f.seek(0)
+        version = npy.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy version {version}")
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read(f)
+        data = p.stat().st_size - f.tell()
+    if dtype.kind not in "biuf":
+        raise ValueError(f"holds {dtype} values, expected numbers")
+    if len(shape) != 2 or shape[0] != shape[1] or not 1 <= shape[0] <= MAX_CLASSES:
+        raise ValueError(f"shape {shape}, expected a square (C, C) matrix")
+    if data != shape[0] * shape[1] * dtype.itemsize:
+        raise ValueError(
+            f"shape {shape} needs {shape[0] ** 2 * dtype.itemsize} bytes, the file "
+            f"holds {data}: truncated or corrupt"
+        )
+    return shape, dtype
+
+
 def _read_confusion(path: str) -> np.ndarray:
+    """A (C, C) confusion matrix of finite non-negative numbers from a ``.npy`` file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"confusion matrix file not found: {p}")
     try:
+        _npy_header(p)
         m = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{p}: not a .npy array ({e})") from None
-    if not isinstance(m, np.ndarray):
-        raise ValueError(f"{p}: expected one array in .npy format, found an archive")
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, TokenError
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{p}: not a .npy confusion matrix ({reason})") from None
+    m = m.astype(np.float64)
+    if not np.all(np.isfinite(m)) or np.any(m < 0):
+        raise ValueError(f"{p}: the confusion matrix holds negative, NaN or infinite values")
     return m
 
 

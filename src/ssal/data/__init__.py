@@ -5,7 +5,8 @@ whole batches; augmentation (random reflect-padded shifts and horizontal flips, 
 paper) and normalisation happen on the device the batch is moved to. Image folders (ImageNet)
 decode and crop in loader workers, or on the device. Modules, from the files up:
 
-- ``readers``: CIFAR python-format and Fashion-MNIST idx files; ``arrays``: ``ImageArrays``;
+- ``readers``: CIFAR python-format and Fashion-MNIST idx files; ``safe_pickle``: CIFAR's
+  pickles read as plain data, never code; ``arrays``: ``ImageArrays``;
 - ``splits``: stratified held-out splits, channel statistics;
 - ``transforms``: shift/flip, normalisation, the evaluation resize and crop rule;
 - ``decoding``: JPEG decoding on the device, the CPU fallback;

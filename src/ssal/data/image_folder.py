@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ssal.data.base import SSALDataModule
-from ssal.data.decoding import collate_encoded, decode_images, read_file
+from ssal.data.decoding import collate_encoded, decode_images, load_rgb, read_file
 from ssal.data.splits import stratified_split
 from ssal.data.transforms import (
     IMAGENET_MEAN,
@@ -150,8 +150,9 @@ class ImageFolderDataModule(SSALDataModule):
             self.image_size, True, crop_scale=self.crop_scale, color_jitter=self.color_jitter
         )
         eval_tf = folder_transforms(self.image_size, train=False)
-        train_full = ImageFolder(str(root / "train"), transform=train_tf)
-        val = ImageFolder(str(root / "val"), transform=eval_tf)
+        # load_rgb: PIL's bomb limit, one decoding rule, errors that name the file
+        train_full = ImageFolder(str(root / "train"), transform=train_tf, loader=load_rgb)
+        val = ImageFolder(str(root / "val"), transform=eval_tf, loader=load_rgb)
         if train_full.classes != val.classes:
             missing = sorted(set(train_full.classes) ^ set(val.classes))
             raise ValueError(
@@ -263,6 +264,6 @@ class ImageFolderDataModule(SSALDataModule):
     ) -> Any:
         """Move a batch; encoded training images are decoded and augmented on ``device``."""
         if isinstance(batch[0], list):  # from the training loader with decode_on_device
-            images = self.crop_batch(decode_images(batch[0], device), train=True)
+            images = self.crop_batch(decode_images(batch[0], device, batch[2]), train=True)
             return images, batch[1].to(device, non_blocking=True)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

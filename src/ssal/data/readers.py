@@ -9,10 +9,10 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ssal.data.arrays import ImageArrays
+from ssal.data.safe_pickle import RefusedGlobal, load_plain_pickle
 
 __all__ = [
     "CIFAR_URLS",
@@ -149,22 +150,30 @@ def _extract_tar(archive: Path, dest: Path, folder: str) -> None:
 
 
 def _unpickle_cifar(path: Path) -> dict[str, Any]:
-    """Read one CIFAR python-format file into a dict with ``str`` keys."""
+    """Read one CIFAR python-format file into a dict with ``str`` keys, without running code.
+
+    The files are Python 2 pickles of plain data; ``load_plain_pickle`` admits only that and
+    NumPy's arrays, and refuses any other global a tampered file names.
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"CIFAR file {path} is missing. Delete the folder {path.parent} and extract the "
             "official archive again (https://www.cs.toronto.edu/~kriz/cifar.html)."
         )
     try:
-        with open(path, "rb") as f:
-            # The official CIFAR "python version" files are Python 2 pickles by format; there is
-            # no other way to read them. Only load copies of the official dataset.
-            entry = pickle.load(f, encoding="bytes")
-    except Exception as err:  # garbled pickles can raise almost any exception type
+        entry = load_plain_pickle(path)
+    except RefusedGlobal as err:
         raise ValueError(
-            f"Could not read CIFAR file {path} ({type(err).__name__}: {err}); it is truncated or "
-            "not a CIFAR python-format file. Re-extract it from the official archive."
-        ) from err
+            f"CIFAR file {path} names {err.qualified_name}, which no CIFAR file holds; it was "
+            "refused and nothing ran. Delete the file and extract it again from the official "
+            "archive (https://www.cs.toronto.edu/~kriz/cifar.html)."
+        ) from None
+    except Exception as err:  # garbled pickles can raise almost any exception type
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ValueError(
+            f"Could not read CIFAR file {path} ({type(err).__name__}: {reason}); it is truncated "
+            "or not a CIFAR python-format file. Re-extract it from the official archive."
+        ) from None
     if not isinstance(entry, dict):
         raise ValueError(
             f"CIFAR file {path} holds a {type(entry).__name__}, expected a dict; it is not a "
@@ -176,7 +185,7 @@ def _unpickle_cifar(path: Path) -> dict[str, Any]:
 def _require_key(entry: dict[str, Any], key: str, path: Path) -> Any:
     if key not in entry:
         raise ValueError(
-            f"CIFAR file {path} has no {key!r} entry (found {sorted(entry)}); it is not the "
+            f"CIFAR file {path} has no {key!r} entry (found {sorted(entry)[:10]}); it is not the "
             "expected CIFAR file. Re-extract it from the official archive."
         )
     return entry[key]
@@ -185,7 +194,12 @@ def _require_key(entry: dict[str, Any], key: str, path: Path) -> Any:
 def _decode_names(names: Any, path: Path, key: str, expected: int) -> list[str]:
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
         raise ValueError(f"CIFAR meta file {path}: {key!r} must be a list of strings")
-    decoded = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    try:
+        decoded = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"CIFAR meta file {path}: {key!r} holds names that are not UTF-8"
+        ) from None
     if len(decoded) != expected:
         raise ValueError(
             f"CIFAR meta file {path}: {key!r} lists {len(decoded)} classes, expected {expected}"
@@ -207,8 +221,8 @@ def _read_cifar_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.
         raise ValueError(f"CIFAR file {path}: 'data' must be uint8, got {data.dtype}")
     try:
         labels = np.asarray(labels_raw, dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"CIFAR file {path}: {layout.label_key!r} is not a list of ints") from err
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"CIFAR file {path}: {layout.label_key!r} is not a list of ints") from None
     if labels.ndim != 1 or len(labels) != len(data):
         raise ValueError(
             f"CIFAR file {path}: {len(data)} images but {layout.label_key!r} has shape "
@@ -290,35 +304,53 @@ _FASHION_HELP = (
 )
 
 
+MAX_IDX_BYTES = 256 * 2**20
+"""Most data an idx file may hold (Fashion-MNIST's training images are 47 MB): a header
+declaring more is refused before anything is read, and a gzip file is decompressed only as
+far as its header says."""
+
+
+def _open_idx(path: Path) -> Any:
+    with open(path, "rb") as f:
+        packed = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if packed else open(path, "rb")
+
+
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """Parse an idx file of unsigned bytes (gzipped or not) into an array with ``ndim`` dims."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as err:
-        raise ValueError(
-            f"Could not read {path} ({err}); the file is truncated or corrupt. {_FASHION_HELP}"
-        ) from err
     expected_magic = 0x0800 | ndim  # two zero bytes, type 0x08 (unsigned byte), number of dims
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path} is too short ({len(raw)} bytes) to be an idx file")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expected_magic:
+    try:
+        with _open_idx(path) as f:
+            head = f.read(header)
+            if len(head) < header:
+                raise ValueError(f"{path} is too short ({len(head)} bytes) to be an idx file")
+            magic = int.from_bytes(head[:4], "big")
+            if magic != expected_magic:
+                raise ValueError(
+                    f"{path} has magic number {magic:#010x}, expected {expected_magic:#010x} (idx "
+                    f"file of unsigned bytes with {ndim} dimension(s)); it is not the right idx "
+                    "file or is corrupt."
+                )
+            dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+            count = math.prod(dims)
+            if count > MAX_IDX_BYTES:
+                raise ValueError(
+                    f"{path} declares shape {tuple(dims)} ({count} bytes of data), more than an "
+                    f"idx file of this dataset holds; it is corrupt. {_FASHION_HELP}"
+                )
+            raw = f.read(count + 1)  # one byte more: trailing data is an error too
+    except (OSError, EOFError, zlib.error) as err:
         raise ValueError(
-            f"{path} has magic number {magic:#010x}, expected {expected_magic:#010x} (idx file of "
-            f"unsigned bytes with {ndim} dimension(s)); it is not the right idx file or is corrupt."
-        )
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    count = math.prod(dims)
-    if len(raw) - header != count:
+            f"Could not read {path} ({err}); the file is truncated or corrupt. {_FASHION_HELP}"
+        ) from None
+    if len(raw) != count:
+        held = f"{len(raw)} bytes" if len(raw) <= count else "more"
         raise ValueError(
-            f"{path} declares shape {tuple(dims)} ({count} bytes of data) but holds "
-            f"{len(raw) - header} bytes; the file is truncated or corrupt. {_FASHION_HELP}"
+            f"{path} declares shape {tuple(dims)} ({count} bytes of data) but holds {held}; the "
+            f"file is truncated or corrupt. {_FASHION_HELP}"
         )
-    return np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(dims).copy()
+    return np.frombuffer(raw, dtype=np.uint8, count=count).reshape(dims).copy()
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:

@@ -11,7 +11,8 @@ each rank its own shards, so every image is counted exactly once.
 from __future__ import annotations
 
 import io
-import json
+import math
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ssal.data.arrays import ImageArrays
 from ssal.data.base import SSALDataModule
+from ssal.data.decoding import decode_on_cpu
 from ssal.data.readers import load_dataset
 from ssal.data.splits import channel_stats, stratified_split
 from ssal.data.transforms import (
@@ -30,11 +32,13 @@ from ssal.data.transforms import (
     folder_transforms,
     shift_flip,
 )
-from ssal.files import write_json
+from ssal.files import read_json, write_json
 
 __all__ = ["ShardDataModule", "convert_to_shards", "read_meta"]
 
 META = "meta.json"
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+MAX_IMAGE_SIZE = 4096
 FORMAT = "ssal-shards"
 DECODABLE = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif"}
 
@@ -145,34 +149,128 @@ def convert_to_shards(
 
 
 def read_meta(location: str | Path) -> dict[str, Any]:
-    """Read and check ``meta.json`` of a shard folder."""
+    """Read and check ``meta.json`` of a shard folder: ``ValueError`` naming it for anything
+    that is not what ``convert_to_shards`` writes (shard names are plain ``*.tar`` file names
+    in the folder: never a path or a ``pipe:`` command)."""
     path = Path(location) / META
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write shards with `ssal data convert`")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT or "splits" not in meta:
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "splits" not in meta:
         raise ValueError(f"{path}: not an ssal shards description")
+    problem = _meta_problem(meta)
+    if problem:
+        raise ValueError(f"{path}: {problem}; write the shards again with `ssal data convert`")
     return meta
 
 
-class _Decode:
-    """Sample dict -> (uint8 (C, H, W), label), with an optional per-sample transform."""
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
-    def __init__(self, channels: int, transform: Callable | None) -> None:
+
+def _split_problem(name: str, entry: Any) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+        return f"split {name!r} lists no shards"
+    shards, counts = entry["shards"], entry.get("samples_per_shard")
+    if not all(isinstance(s, str) and SHARD_NAME.fullmatch(s) for s in shards):
+        return f"split {name!r} names shards that are not plain *.tar files of the folder"
+    if (
+        not isinstance(counts, list)
+        or len(counts) != len(shards)
+        or not all(map(_is_count, counts))
+    ):
+        return f"split {name!r}: samples_per_shard must give one count per shard"
+    if not _is_count(entry.get("samples")) or sum(counts) != entry["samples"]:
+        return f"split {name!r}: samples must be the sum of samples_per_shard"
+    return None
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a shards description, or None."""
+    splits, names = meta["splits"], meta.get("class_names")
+    if not isinstance(splits, dict) or not set(splits) <= {"train", "heldout", "test"}:
+        return "splits must map train, heldout and test to their shards"
+    for name, entry in splits.items():
+        problem = _split_problem(name, entry)
+        if problem:
+            return problem
+    if meta.get("kind") not in ("fixed", "folder"):
+        return "kind must be 'fixed' or 'folder'"
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "class_names must be a list of names"
+    if meta.get("num_classes") != len(names):
+        return f"num_classes must be the {len(names)} class names"
+    channels = meta.get("in_channels")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        return "in_channels must be 1 or 3"
+    size = meta.get("image_size")
+    if meta["kind"] == "fixed" and not (_is_count(size) and 0 < size <= MAX_IMAGE_SIZE):
+        return f"image_size must be a size of 1..{MAX_IMAGE_SIZE} pixels"
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if not isinstance(v, list) or len(v) != channels or not all(_is_number(x) for x in v):
+            return f"{key} must hold {channels} numbers"
+    if min(meta["std"]) <= 0:
+        return "std must be positive"
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Decode:
+    """Sample dict -> (uint8 (C, H, W), label), with an optional per-sample transform.
+
+    Images are decoded by ``ssal.data.decoding`` (header checked first); labels must lie in
+    ``0..num_classes-1`` and fixed-size images must be ``size`` x ``size``; anything else is a
+    ``ValueError`` naming the shard and the sample.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        transform: Callable | None,
+        num_classes: int | None = None,
+        size: int | None = None,
+    ) -> None:
         self.channels, self.transform = channels, transform
+        self.num_classes, self.size = num_classes, size
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
-        from torchvision.io import ImageReadMode, decode_image
-
-        data = next(sample[k] for k in ("png", "jpg", "webp", "gif") if k in sample)
-        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        name = f"{sample.get('__url__', 'shard')}: sample {sample.get('__key__')!r}"
+        key = next((k for k in ("png", "jpg", "webp", "gif") if k in sample), None)
+        if key is None or "cls" not in sample:
+            raise ValueError(f"{name} lacks an image or a label (.cls); convert the data again")
+        image = decode_on_cpu(bytes(sample[key]), self.channels, name)
+        try:
+            label = int(sample["cls"])
+        except ValueError:
+            raise ValueError(f"{name}: the label (.cls) is not a number") from None
+        if self.num_classes is not None and not 0 <= label < self.num_classes:
+            raise ValueError(f"{name}: label {label} outside 0..{self.num_classes - 1}")
+        if self.size is not None and tuple(image.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"{name}: image of {tuple(image.shape[-2:])}, expected {self.size}")
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(sample["cls"])
+        return image, label
+
+
+class _ShardError(ValueError):
+    """A shard that cannot be read."""
+
+
+def _unreadable_shard(exn: Exception) -> bool:
+    """WebDataset's error handler: a shard that cannot be opened or read as a tar file ends in
+    one ``ValueError`` naming it (webdataset appends the shard's URL to the error's args)."""
+    if isinstance(exn, _ShardError):  # handlers are nested: the inner one already said it
+        raise exn
+    url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), None)
+    reason = str(exn.args[0] if exn.args else type(exn).__name__).split(" @ ")[0][:200]
+    raise _ShardError(
+        f"{url or 'a shard'}: cannot read the shard ({reason}); write the shards again with "
+        "`ssal data convert`"
+    ) from None
 
 
 def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,10 +304,18 @@ class _ShardStream(IterableDataset):
 
         if self.train:
             # shards drawn with replacement, independently per rank and worker
-            ds = wds.WebDataset(self.urls, resampled=True, nodesplitter=None)
+            ds = wds.WebDataset(
+                self.urls, resampled=True, nodesplitter=None, handler=_unreadable_shard
+            )
             ds = ds.shuffle(self.buffer)
         else:
-            ds = wds.WebDataset(self.urls, shardshuffle=False, nodesplitter=None, empty_check=False)
+            ds = wds.WebDataset(
+                self.urls,
+                shardshuffle=False,
+                nodesplitter=None,
+                empty_check=False,
+                handler=_unreadable_shard,
+            )
         ds = ds.map(self.decode).batched(
             self.batch_size, collation_fn=_collate, partial=not self.train
         )
@@ -274,7 +380,7 @@ class ShardDataModule(SSALDataModule):
     def _urls(self, split: str) -> list[str]:
         entry = self.meta["splits"].get(split)
         if not entry or not entry["shards"]:
-            raise ValueError(f"{self.data_dir}: no {split!r} shards")
+            raise ValueError(f"{Path(self.data_dir) / META}: no {split!r} shards")
         return [str(Path(self.data_dir) / s) for s in entry["shards"]]
 
     def _transform(self, train: bool) -> Callable | None:
@@ -308,7 +414,12 @@ class ShardDataModule(SSALDataModule):
             num_batches = sum(-(-n // batch) for n in per_worker)
         stream = _ShardStream(
             urls,
-            _Decode(self.in_channels, self._transform(train)),
+            _Decode(
+                self.in_channels,
+                self._transform(train),
+                self.num_classes,
+                self.image_size if self.fixed else None,
+            ),
             batch,
             train,
             steps,
