@@ -53,9 +53,11 @@ if [ "$DEVICE" = cuda ]; then
   BIG="--model wrn28-10 --ssal --batch-size 256"
   IMNET="--model resnet50-imagenet --ssal --batch-size 128 --image-folder $WORK/jpeg --workers 16"
   JPEGS="1000 10 1"
-  # the paper's WRN layouts with another inception block (INC is replaced below)
-  WIDE=("cbr(128,5,2) cbr(128,3) cbr cbr INC INC gap" "cbr(128,5) cbr(128,3) cbr cbr gap dense(768)"
-        "cbr(128,3) cbr(128,3) INC INC gap")
+  # the paper's WRN layouts, made with the authors' Keras layers as wrn28-10's own, with
+  # another inception block (INC is replaced below)
+  WIDE=("keras: cbr(128,5,2) cbr(128,3) cbr cbr INC INC gap"
+        "keras: cbr(128,5) cbr(128,3) cbr cbr gap dense(768)"
+        "keras: cbr(128,3) cbr(128,3) INC INC gap")
 else  # DEVICE=cpu: the same queue with tiny models and 2 steps, to catch mistakes here
   FAST="--device cpu --precision 32 --steps 2 --warmup 1"
   WRN="--model tiny-wrn --ssal --batch-size 8"
