@@ -36,8 +36,14 @@ def run(argv: list[str], debug: bool, verbose: bool) -> int:
 
 
 def _with_configs(message: str, argv: list[str]) -> str:
-    """``message`` with the config files of the run it came from, unless it names them."""
+    """``message`` with the config files of the run it came from, unless it names them or
+    starts with the file it is about (``corrupt.ckpt: not a loadable checkpoint``)."""
+    from pathlib import Path
+
     from ssal.lightning_cli import config_files
 
+    head = message.split(": ", 1)[0]
+    if head != message and len(head) < 4096 and Path(head).exists():
+        return message
     configs = [str(c) for c in config_files(argv) if str(c) not in message]
     return f"{message} (config {', '.join(configs)})" if configs else message
