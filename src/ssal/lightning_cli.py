@@ -93,11 +93,12 @@ class SSALCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a config whose values do not fit the classes it
-        names (a number where a mapping belongs, ...) is a ``ValueError``, not a traceback."""
+        names (a number where a mapping belongs, ...) is a ``ConfigError``, not a
+        traceback."""
         try:
             super().instantiate_classes()
         except (TypeError, AttributeError, KeyError) as e:
-            raise ValueError(f"the config does not fit the classes it names ({e})") from e
+            raise ConfigError(f"the config does not fit the classes it names ({e})") from None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["LIGHTNING_COMMANDS", "add_parsers", "run"]
 
@@ -35,15 +36,22 @@ def run(argv: list[str], debug: bool, verbose: bool) -> int:
         return 130
 
 
+def _names_its_file(message: str) -> bool:
+    """Whether ``message`` starts with the path of an existing file or folder (``PATH: ...``),
+    as the errors of ssal's readers do."""
+    head, colon, _ = message.partition(":")
+    try:
+        return bool(colon) and len(head) < 4096 and Path(head).exists()
+    except (OSError, ValueError):  # names too long, NUL bytes
+        return False
+
+
 def _with_configs(message: str, argv: list[str]) -> str:
     """``message`` with the config files of the run it came from, unless it names them or
-    starts with the file it is about (``corrupt.ckpt: not a loadable checkpoint``)."""
-    from pathlib import Path
-
+    the file it is about."""
     from ssal.lightning_cli import config_files
 
-    head = message.split(": ", 1)[0]
-    if head != message and len(head) < 4096 and Path(head).exists():
+    if _names_its_file(message):
         return message
     configs = [str(c) for c in config_files(argv) if str(c) not in message]
     return f"{message} (config {', '.join(configs)})" if configs else message
