@@ -15,7 +15,8 @@
 #   OUT=$OUT bash benchmarks/gpu_bench.sh
 # Options: ITEMS="wrn28-10 resnet50 ..." (the tags below) picks rows; BUDGET_S (510) is the
 # wall time the script may use; PREV (benchmarks/results/gpu_bench.jsonl) holds earlier rows.
-# Try it on a CPU first: DEVICE=cpu OUT=/tmp/gpu_bench bash benchmarks/gpu_bench.sh
+# Try it on a CPU first: DEVICE=cpu OUT=/tmp/gpu_bench PYTHON=ENV/bin/python bash benchmarks/gpu_bench.sh
+# with ENV a virtual environment holding only torch and torchvision, as the device's image does
 # (tiny models, 2 steps; same queue, same files).
 #
 # Writes 4 small files into $OUT: env.txt (GPU, versions, what setup installed), bench.jsonl
@@ -40,7 +41,8 @@ log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/log.txt"; }
   "$PY" benchmarks/device_setup.py "$WORK/site"
 } > "$OUT/env.txt" 2>&1 || { log "set-up failed: $(tail -1 "$OUT/env.txt")"; exit 1; }
 export PYTHONPATH="$WORK/site:$PWD/src"
-"$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" >> "$OUT/env.txt" 2>&1
+"$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" >> "$OUT/env.txt" 2>&1 \
+  || { log "set-up failed: $(tail -1 "$OUT/env.txt") (PYTHON=$PY)"; exit 1; }
 GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" 2>/dev/null)
 log "set-up done on $GPU"
 

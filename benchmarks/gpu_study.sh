@@ -17,7 +17,8 @@
 # Options: STUDY (benchmarks/results/study_gpu_wrn-16-8_fmnist.json), BUDGET_S (510: wall
 # time for the whole command), TARGET_S (160: seconds per SSAL run, so three runs fit one
 # session), EPOCHS (skip the sizing; FALLBACK_EPOCHS, 25, if the sizing fails), SEEDS ("0 1 2").
-# Try it on a CPU first: DEVICE=cpu OUT=/tmp/gpu_study bash benchmarks/gpu_study.sh
+# Try it on a CPU first: DEVICE=cpu OUT=/tmp/gpu_study PYTHON=ENV/bin/python bash benchmarks/gpu_study.sh
+# with ENV a virtual environment holding only torch and torchvision, as the device's image does
 # (WRN-10-1 with tiny branches, 600 training images, 1 epoch; same steps, same files).
 #
 # Writes into $OUT: env.txt (GPU, versions, set-up), sizing.json (first session: the bench
@@ -48,7 +49,8 @@ export PYTHONPATH="$WORK/site:$PWD/src"
 if [ ! -e data/fashion-mnist ] && [ -d .device_data/fashion-mnist ]; then
   mkdir -p data && ln -s "$PWD/.device_data/fashion-mnist" data/fashion-mnist
 fi
-"$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" >> "$OUT/env.txt" 2>&1
+"$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" >> "$OUT/env.txt" 2>&1 \
+  || { log "set-up failed: $(tail -1 "$OUT/env.txt") (PYTHON=$PY)"; exit 1; }
 log "set-up done: $(tail -1 "$OUT/env.txt")"
 
 layouts() {  # the SSAL configs' branch layouts, one per line
