@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's GPU measurements, one command of at most 9 minutes: `ssal bench` rows, most
+# The GPU speed measurements, one command of at most 9 minutes: `ssal bench` rows, most
 # informative first, each only while the time left allows it:
 #   1. WRN-28-10 + SSAL (and the bare backbone, a plain PyTorch loop, a kernel profile)
 #   2. ResNet-50 + SSAL, 3. DenseNet-190-40 + SSAL (CIFAR; the same, with profiles)

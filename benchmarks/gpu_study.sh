@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 15's GPU study, spread over as many GPU sessions as it takes: WRN-16-8 on
-# Fashion-MNIST, baseline vs SSAL (similar groupings) vs SSAL (split groupings), seeds 0-2,
-# run in that order (seed 0 of all three first). Configs: configs/fashion-mnist/study-gpu/.
+# The GPU study (does SSAL help a properly trained network?), spread over as many GPU
+# sessions as it takes: WRN-16-8 on Fashion-MNIST, baseline vs SSAL (similar groupings) vs
+# SSAL (split groupings), seeds 0-2, run in that order (seed 0 of all three first). Configs: configs/fashion-mnist/study-gpu/.
 #
 # Each session: installs what the image lacks (benchmarks/device_setup.py), puts $STUDY (the
 # study so far, committed after each session) alone into a fresh study folder, and runs

@@ -70,6 +70,29 @@ def test_group_reads_the_authors_label_files(tmp_path, capsys):
     assert "--groups does not apply to --labels" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "lines, classes, error",
+    [
+        (["0", "1"] * 5, 12, "10 group indices (one per class) but the data has 12 classes"),
+        (["0", "1.5", "1"] * 4, 12, "line 2: '1.5' is not a group index (0, 1, 2, ...)"),
+        (["0", "2"] * 6, 12, "groups [1] are empty"),
+        (["0", "x"] * 6, 12, "line 2: 'x' is not a number"),
+        (["0", "1"] * 6, 1, "--classes 1: a classifier has at least 2 classes"),
+    ],
+)
+def test_group_labels_checks_each_file(tmp_path, capsys, lines, classes, error):
+    """``ssal group --labels F --classes C``: a file that is not a grouping of C classes is
+    one line on stderr and exit 2, and nothing is written."""
+    path = tmp_path / "cifar100_2_group_similar_v2.txt"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "g.json"
+    args = ["group", "--labels", str(path), "--classes", str(classes), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ssal: error:") and error in err
+    assert not out.exists()
+
+
 def test_group_writes_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     conf = rng.uniform(size=(12, 12))

@@ -52,6 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="breaks ties")
     p.add_argument("--names", metavar="FILE", help="class names: one per line, or a JSON list")
+    p.add_argument(
+        "--classes",
+        type=int,
+        metavar="C",
+        help="the data's number of classes, checked against every grouping (e.g. 100 for "
+        "CIFAR-100)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="groupings JSON file to write")
     add_data_args(p)
     p.add_argument(
@@ -120,11 +127,12 @@ def _read_confusion(path: str) -> np.ndarray:
     return m
 
 
-def _label_files(paths: list[str], names: list[str] | None) -> list:
-    """The authors' groupings files, checked to cover the same classes (``names``' count)."""
+def _label_files(paths: list[str], classes: int | None) -> list:
+    """The authors' groupings files, checked to cover the same classes (``classes`` of them
+    when given)."""
     from ssal.grouping import read_label_file
 
-    first = read_label_file(paths[0], len(names) if names is not None else None)
+    first = read_label_file(paths[0], classes)
     return [first, *(read_label_file(p, first.num_classes) for p in paths[1:])]
 
 
@@ -133,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
     from ssal.grouping import Grouping, save_groupings
 
     names = _read_names(args.names) if args.names else None
+    if args.classes is not None and args.classes < 2:
+        raise UserError(f"--classes {args.classes}: a classifier has at least 2 classes")
+    expected = args.classes if args.classes is not None else len(names) if names else None
     if bool(args.labels) == bool(args.groups):
         raise UserError(
             "--groups does not apply to --labels"
@@ -140,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             else "--groups is needed with --confusion and --checkpoint"
         )
     if args.labels:
-        groupings = _label_files(args.labels, names)
+        groupings = _label_files(args.labels, expected)
     elif args.checkpoint:
         model, info, dm = checkpoint_data(args)
         groupings, confusion = groupings_from_model(
@@ -163,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             for g in args.groups
         ]
     classes = groupings[0].num_classes
+    if args.classes is not None and classes != args.classes:
+        raise UserError(f"the groupings cover {classes} classes, --classes says {args.classes}")
     if names is not None and len(names) != classes:
         raise ValueError(f"{args.names}: {len(names)} names for {classes} classes")
     out = save_groupings(args.out, groupings, names)
