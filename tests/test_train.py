@@ -286,3 +286,22 @@ def test_lightning_weight_averaging_with_an_ssal_run(tmp_path):
         torch.allclose(p, q, atol=1e-6)
         for p, q in zip(a.branch_logits, b.branch_logits, strict=True)
     )
+
+
+@pytest.mark.slow
+def test_auto_groupings_from_python(tmp_path):
+    """``SSALModule(groupings="auto")`` under a plain Trainer trains the probe, writes the
+    groupings where the user's ``AutoGroupings(out=...)`` says, and trains with branches."""
+    from ssal.callbacks import AutoGroupings
+    from ssal.data import InMemoryDataModule
+
+    write_cifar100(tmp_path / "data", n_train=200, n_test=40)
+    dm = InMemoryDataModule("cifar100", str(tmp_path / "data"), batch_size=20, heldout=0.2)
+    module = SSALModule("tiny-wrn", 100, groupings="auto", auto_groups=[2, 3], probe_epochs=1)
+    out = tmp_path / "mine"
+    trainer = quick_trainer(3, callbacks=[AutoGroupings(out=out)], limit_val_batches=0)
+    trainer.fit(module, dm)
+    groupings, _ = load_groupings(out / "groupings.json", 100)
+    assert [g.num_groups for g in groupings] == [2, 3]
+    assert [g.num_groups for g in module.groupings] == [2, 3]
+    assert len(module.net.branches) == 2 and not (tmp_path / "groupings.json").exists()

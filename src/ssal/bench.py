@@ -275,7 +275,7 @@ def _eval_speed(setup: _Setup, module: SSALModule, dm: Any) -> float:
     gradients, on one prepared batch (decoding not included)."""
     device, batch, warmup, steps = setup.device, setup.batch, setup.warmup, setup.steps
     module.to(device)  # Lightning moves the module back to the CPU when fit ends
-    net = module._forward_net().eval() if setup.compile else module.net.eval()
+    net = module.forward_net().eval() if setup.compile else module.net.eval()
     dtype = torch.bfloat16 if setup.precision.startswith("bf16") else None
     if setup.data is not None:
         images = setup.data.images[:batch]

@@ -149,6 +149,10 @@ class SSALModule(L.LightningModule):
             return []
         from ssal.callbacks import AutoGroupings
 
+        if self._trainer is not None and any(
+            isinstance(c, AutoGroupings) for c in self.trainer.callbacks
+        ):
+            return []  # the trainer's own (``out`` chosen by the user) is kept
         return [AutoGroupings()]
 
     def _switch(self, name: str) -> bool:
@@ -159,7 +163,9 @@ class SSALModule(L.LightningModule):
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         return device.type == "cuda"
 
-    def _forward_net(self) -> nn.Module:
+    def forward_net(self) -> nn.Module:
+        """The network that runs the forward pass: ``net``, compiled once where ``compile``
+        is on (the fast path's switch, or CUDA)."""
         if self._switch("compile") and not self._compiled:
             self._compiled.append(torch.compile(self.net, mode=self.hparams.compile_mode))
         return self._compiled[0] if self._compiled else self.net
@@ -167,7 +173,7 @@ class SSALModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> SSALOutput:
         if self._switch("channels_last") and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._forward_net()(x)
+        return self.forward_net()(x)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
