@@ -118,6 +118,25 @@ def test_external_backbone_from_a_config_trains_and_evaluates(name, folder, tmp_
     assert len(result["branch_accuracy"]) == 2  # the two deepest default positions
     model, info = ssal.load_checkpoint(ckpt)
     assert info["positions"] == list(ssal.get_entry(name).positions[1:])
+    # trained at 96 x 96 (the registry's default is 224): the checkpoint says so, and an
+    # ONNX export takes 96 x 96 images and predicts what the checkpoint predicts
+    assert info["input_size"] == [3, 96, 96] and model.input_size == (3, 96, 96)
+    if name == TORCHVISION:
+        pytest.importorskip("onnxruntime")
+        export = tmp_path / "onnx"
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(export), "--format",
+                     "onnx"]) == 0  # fmt: skip
+        images = sorted(str(p) for p in (folder / "val").rglob("*.png"))
+        docs = []
+        for source in (ckpt, export):
+            out = tmp_path / f"{source.name}.jsonl"
+            assert main(["predict", "--checkpoint", str(source), *images, "--out", str(out)]) == 0
+            docs.append([json.loads(line) for line in out.read_text().splitlines()])
+        assert len(docs[0]) == len(images)
+        for a, b in zip(*docs, strict=True):
+            assert a["fine"]["class"] == b["fine"]["class"]
+            assert a["joint"]["prob"] == pytest.approx(b["joint"]["prob"], abs=1e-4)
+            assert [x["group"] for x in a["branches"]] == [x["group"] for x in b["branches"]]
 
 
 def test_pretrained_file_loads_the_backbone_and_leaves_the_branches_fresh(tmp_path):

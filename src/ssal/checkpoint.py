@@ -59,8 +59,12 @@ def describe_model(
     class_names: Sequence[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The ``"ssal"`` section of a checkpoint (and ``ssal.json`` of an export), plain values.
+
+    ``input_size``: ``[C, H, W]`` of the images the model was trained on (default: the
+    network's own, its registry entry's); inference and ONNX exports feed images of that size.
 
     ``preprocessing``: ``mean``/``std`` (per channel, [0, 1] scale) and how an image becomes
     the model's input: ``resize`` (the short side, then a centre ``crop`` ``[H, W]``) or, when
@@ -72,7 +76,7 @@ def describe_model(
         "model": model,
         "num_classes": int(num_classes),
         "in_channels": net.input_size[0],
-        "input_size": list(net.input_size),
+        "input_size": [int(v) for v in (input_size or net.input_size)],
         "positions": list(net.positions),
         "layouts": list(net.layouts),
         "groupings": [g.to_dict() for g in net.groupings],
@@ -242,7 +246,7 @@ def _description_problem(info: dict[str, Any]) -> str | None:
 
 
 def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
-    return create_model(
+    model = create_model(
         info["model"],
         info["num_classes"],
         groupings or None,
@@ -250,6 +254,8 @@ def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
         positions=info["positions"] or None,
         layouts=info["layouts"] or None,
     )
+    model.input_size = tuple(int(v) for v in info["input_size"])  # the size it trained at
+    return model
 
 
 def check_description(path: str | Path, info: Any) -> list[Grouping]:

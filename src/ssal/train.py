@@ -111,6 +111,7 @@ class SSALModule(L.LightningModule):
         self.class_names: list[str] | None = None
         self.preprocessing: dict[str, Any] | None = None
         self.data_config: dict[str, Any] | None = None
+        self.input_size: list[int] | None = None  # of the training images, once data is set up
         self.last_metrics: dict[str, Any] = {}
         self._compiled: list[nn.Module] = []
         spec = None if groupings == "auto" else groupings
@@ -187,6 +188,8 @@ class SSALModule(L.LightningModule):
         self.class_names = list(dm.class_names)
         self.preprocessing = dm.preprocessing()
         self.data_config = dm.describe()
+        size = getattr(dm, "image_size", None)
+        self.input_size = [int(dm.in_channels), int(size), int(size)] if size else None
         if self._switch("channels_last"):
             self.net.to(memory_format=torch.channels_last)
 
@@ -263,6 +266,7 @@ class SSALModule(L.LightningModule):
             self.class_names,
             self.preprocessing,
             self.data_config,
+            self.input_size,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -278,3 +282,4 @@ class SSALModule(L.LightningModule):
         self.class_names = info.get("class_names")
         self.preprocessing = info.get("preprocessing")
         self.data_config = info.get("data")
+        self.input_size = info.get("input_size")

@@ -2,9 +2,10 @@
 
 Every ssal datamodule serves uint8 image batches; on the device they become normalised float
 batches (augmented while training) in ``prepare_batch``. Beyond Lightning's loaders each one
-tells ``num_classes``, ``in_channels``, ``class_names``, ``mean``, ``std``, serves the
-held-out split (``heldout_dataloader``, for groupings and alpha) and says how its evaluation
-images are made (``preprocessing``, stored in checkpoints so inference needs no datamodule).
+tells ``num_classes``, ``in_channels``, ``class_names``, ``mean``, ``std`` and ``image_size``,
+serves the held-out split (``heldout_dataloader``, for groupings and alpha) and says how its
+evaluation images are made (``preprocessing``, stored in checkpoints so inference needs no
+datamodule).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class SSALDataModule(lightning.LightningDataModule):
     class_names: list[str]
     mean: list[float]
     std: list[float]
+    image_size: int  # side of the (square) training images the model sees
 
     def __init__(self) -> None:
         super().__init__()
