@@ -4,6 +4,7 @@ weights from a file, and ONNX export."""
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,6 @@ from ssal.backbones.external import scale_layout, stage_positions
 from ssal.backbones.registry import IMAGENET_LAYOUTS, default_groupings
 from ssal.cli import main
 from ssal.grouping import Grouping, save_groupings
-from tests.conftest import quick_trainer
 from tests.test_data import write_image_folder
 
 timm = pytest.importorskip("timm")
@@ -172,30 +172,71 @@ def test_pretrained_file_loads_the_backbone_and_leaves_the_branches_fresh(tmp_pa
         ssal.create_model("small-cnn", 10, pretrained=True)
 
 
-@pytest.mark.slow
-def test_pretrained_file_through_ssal_fit(folder, tmp_path):
-    """``--model.pretrained PATH``: at step 0 the backbone holds the file's weights."""
-    import lightning as L
+def test_published_weights_without_network_are_one_line_naming_the_file(monkeypatch, tmp_path):
+    """No network and no cached file: at once (no minute of retries), one line that says
+    which file must be where."""
+    import socket
+    import time
 
-    from ssal.data import ImageFolderDataModule
-    from ssal.train import SSALModule
+    def no_network(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as tv:
+        ssal.create_model("torchvision/resnet18", 10, pretrained=True)
+    with pytest.raises(ValueError) as tm:
+        ssal.create_model(TIMM, 10, pretrained=True)
+    assert time.perf_counter() - start < 20
+    file = tmp_path / "hub/checkpoints/resnet18-f37072fd.pth"
+    assert f"the file must be in {file}" in str(tv.value)
+    assert "Hugging Face repository timm/mobilenetv3_small_050." in str(tm.value)
+    for e in (tv.value, tm.value):
+        assert "\n" not in str(e) and str(e).endswith("or give --model.pretrained PATH")
+
+
+class RecordAtStart(L.Callback):
+    """Saves the network's weights as training starts (step 0), for the test below."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.save({k: v.clone() for k, v in pl_module.net.state_dict().items()}, self.out)
+
+
+@pytest.mark.slow
+def test_pretrained_file_through_ssal_fit(folder, tmp_path, capsys):
+    """The fine-tuning config with ``--model.pretrained PATH``: at step 0 the backbone holds
+    the file's weights and the branches are what a fresh model's are; the backbone learns at
+    a tenth of the branches' rate."""
+    import yaml
 
     source = ssal.create_model(TIMM, 2).backbone
     torch.save(source.state_dict(), tmp_path / "backbone.pt")
     g = save_groupings(tmp_path / "g.json", [Grouping([0, 1]), Grouping([1, 0])])
-    module = SSALModule(TIMM, 2, groupings=str(g), pretrained=str(tmp_path / "backbone.pt"),
-                        backbone_lr_factor=0.1)  # fmt: skip
-    seen = {}
-
-    class AtStart(L.Callback):
-        def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-            seen.update({k: v.clone() for k, v in pl_module.net.backbone.state_dict().items()})
-
-    dm = ImageFolderDataModule(str(folder), image_size=96, batch_size=4, num_workers=0)
-    quick_trainer(1, callbacks=[AtStart()]).fit(module, dm)
-    assert seen and all(torch.equal(seen[k], v) for k, v in source.state_dict().items())
-    groups = {g["name"]: g for g in module.optimizers().optimizer.param_groups}
-    assert groups["backbone"]["lr_factor"] == 0.1 and "lr_factor" not in groups["branches"]
+    record = {"class_path": f"{__name__}.RecordAtStart", "init_args": {"out": str(tmp_path / "w")}}
+    extra = {"trainer": {"callbacks": [record], "default_root_dir": str(tmp_path)}}
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+    config = Path(__file__).resolve().parents[1] / "configs/finetune/timm-resnet18_ssal.yaml"
+    args = ["fit", "--config", str(config), "--config", str(tmp_path / "extra.yaml")]
+    args += ["--model.model", TIMM, "--model.pretrained", str(tmp_path / "backbone.pt")]
+    args += ["--model.groupings", str(g), "--trainer.max_steps", "1"]
+    args += ["--trainer.accelerator", "cpu", "--data.init_args.data_dir", str(folder)]
+    for key, value in (("num_workers", 0), ("batch_size", 4), ("image_size", 64)):
+        args += [f"--data.init_args.{key}", str(value)]
+    assert main(args) == 0
+    assert " parameters, at most 15 epochs or 1 step on cpu" in capsys.readouterr().err
+    seen = torch.load(tmp_path / "w", weights_only=True)
+    for k, v in source.state_dict().items():
+        assert torch.equal(seen[f"backbone.{k}"], v), k
+    torch.manual_seed(0)  # the config's seed_everything: the branches of a fresh model
+    fresh = ssal.create_model(TIMM, 2, [[0, 1], [1, 0]]).branches.state_dict()
+    assert fresh and all(torch.equal(seen[f"branches.{k}"], v) for k, v in fresh.items())
+    ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
+    assert ckpt["hyper_parameters"]["backbone_lr_factor"] == 0.1
 
 
 @pytest.mark.slow

@@ -133,9 +133,13 @@ class RunReport(Callback):
             what = f"{net.num_branches} SSAL branches ({', '.join(g.name for g in net.groupings)})"
         else:
             what = "no branches (a baseline)"
-        epochs = (
-            f"{trainer.max_epochs} epochs" if trainer.max_epochs else f"{trainer.max_steps} steps"
-        )
+        limits = [  # Lightning sets -1 (no limit) for whichever of the two is not given
+            f"{n} {unit}{'s' if n != 1 else ''}"
+            for n, unit in ((trainer.max_epochs, "epoch"), (trainer.max_steps, "step"))
+            if n is not None and n > 0
+        ]
+        epochs = "at most " + " or ".join(limits) if len(limits) == 2 else "".join(limits)
+        epochs = epochs or "no epoch or step limit"
         log.log(
             NOTE,
             "training %s with %s: %s parameters, %s on %s",

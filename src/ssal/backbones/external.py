@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -233,24 +235,67 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 
 def _published(name: str, build: Callable[..., nn.Module], **kwargs: object) -> nn.Module:
-    """Build with the published weights (from the library's local cache); one clear line
-    where the file is missing and cannot be downloaded."""
+    """Build with the published weights (from the library's local cache, or downloaded); one
+    clear line naming the file where it is missing and cannot be downloaded."""
     try:
+        if not _cached_or_reachable(name):
+            raise OSError("not in the local cache, and its server is not reachable")
         return build(**kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if isinstance(e, ValueError) and "timm" in str(e) and "pip install" in str(e):
             raise
-        where = (
-            f"{torch.hub.get_dir()}/checkpoints"
-            if name.startswith("torchvision/")
-            else "the Hugging Face cache (~/.cache/huggingface/hub)"
-        )
         reason = " ".join(str(e).split())[:160]
         raise ValueError(
             f"published weights of {name} could not be loaded ({reason}); without network the "
-            f"file must be in {where} (download it where there is network), or give "
-            "--model.pretrained PATH"
+            f"file must be in {_weights_source(name)[0]} (download it where there is network), "
+            "or give --model.pretrained PATH"
         ) from None
+
+
+def _weights_source(name: str) -> tuple[str, str | None, list[Path]]:
+    """Where ``name``'s published weights are looked for (in words), the URL they come from,
+    and the local files that would hold them. torchvision: torch hub's checkpoint folder;
+    timm: the Hugging Face repository in the Hugging Face cache (or torch hub's folder for
+    weights published as a URL)."""
+    family, model_name = name.split("/", 1)
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        if family == "torchvision":
+            import torchvision
+
+            url = torchvision.models.get_model_weights(model_name).DEFAULT.url
+            return str(hub / url.rsplit("/", 1)[-1]), url, [hub / url.rsplit("/", 1)[-1]]
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        cfg = _timm().models.get_pretrained_cfg(model_name)
+        if cfg is not None and cfg.hf_hub_id:
+            where = f"{constants.HF_HUB_CACHE} (Hugging Face repository {cfg.hf_hub_id})"
+            names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+            found = [try_to_load_from_cache(cfg.hf_hub_id, n) for n in names]
+            return where, constants.ENDPOINT, [Path(f) for f in found if isinstance(f, str)]
+        if cfg is not None and cfg.url:
+            file = hub / cfg.url.rsplit("/", 1)[-1]
+            return str(file), cfg.url, [file]
+    except (ImportError, AttributeError, KeyError, ValueError):
+        pass
+    return str(hub) if family == "torchvision" else "the Hugging Face cache", None, []
+
+
+def _cached_or_reachable(name: str) -> bool:
+    """Whether the published weights can be had: a local file holds them, or the host they
+    come from resolves. Without network huggingface_hub retries for about a minute before it
+    fails, and torch hub announces a download; this answers at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    _, url, files = _weights_source(name)
+    if url is None or any(f.is_file() for f in files) or os.environ.get("HF_HUB_OFFLINE"):
+        return True  # nothing to check, or found: the library's own path and message
+    try:
+        socket.getaddrinfo(urlparse(url).hostname or "", 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 @register_family(r"timm/([\w.\-]+)", "timm/resnet18", listed=False, shown="timm/NAME")

@@ -87,6 +87,8 @@ def configure_output(verbose: bool = False) -> None:
     if not verbose:
         logging.disable(logging.INFO)
         warnings.simplefilter("ignore")
+        # a download without network retries with a warning line each; ssal's error says it
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def say(message: str) -> None:
