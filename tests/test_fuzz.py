@@ -1054,6 +1054,16 @@ READERS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """Every case is a small input: one torch thread reads it as fast as two, and cases stay
+    within their time bound while other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def marker(tmp_path_factory) -> Path:
     """The file every payload tries to create; it must never appear."""

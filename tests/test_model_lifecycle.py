@@ -12,6 +12,15 @@ from ssal.backbones.registry import default_groupings
 
 TINY = [n for n in ssal.list_models() if n.startswith("tiny-") or n == "small-cnn"]
 BIG = [n for n in ssal.list_models() if n not in TINY]
+# the families of `ssal models` beyond the listed names (wrn-D-W and the like build listed
+# models' classes): timm's and torchvision's backbones by name
+EXTERNAL = ["torchvision/resnet18", "timm/resnet18", "timm/convnext_atto"]
+
+
+def external(name: str) -> str:
+    if name.startswith("timm/"):
+        pytest.importorskip("timm")
+    return name
 
 
 def build(name: str) -> ssal.SSALModel:
@@ -81,6 +90,13 @@ def test_paper_models_copy_pickle_average(name):
     check_lifecycle(build(name))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXTERNAL)
+def test_external_models_copy_pickle_average(name):
+    torch.manual_seed(0)
+    check_lifecycle(build(external(name)))
+
+
 def dynamo_fullgraph(model: ssal.SSALModel) -> None:
     """Dynamo traces the model with its branch hooks in one graph (no graph break); the eager
     backend checks the trace without compiling kernels."""
@@ -102,3 +118,9 @@ def test_tiny_models_trace_without_graph_breaks(name):
 @pytest.mark.parametrize("name", BIG)
 def test_paper_models_trace_without_graph_breaks(name):
     dynamo_fullgraph(build(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXTERNAL)
+def test_external_models_trace_without_graph_breaks(name):
+    dynamo_fullgraph(build(external(name)))
