@@ -220,12 +220,17 @@ KINDS = ("baseline", "ssal-similar", "ssal-split")
     "path", sorted((CONFIGS / "fashion-mnist").rglob("small-cnn_*.yaml")), ids=lambda p: p.name
 )
 def test_small_cnn_configs_hold_the_demos_recipe(path):
-    """The demo trains with small-cnn's registry recipe; its configs spell out the same."""
+    """The demo trains with small-cnn's registry recipe and the demo's data settings; its
+    configs spell out the same."""
     from ssal.backbones.registry import get_entry
+    from ssal.demo import DEMO_DATA
 
-    model = load(path)["model"]
+    config = load(path)
+    model, data = config["model"], config["data"]["init_args"]
     for key, value in get_entry("small-cnn").recipe.items():
         assert model[key] == value, (path.name, key)
+    for key, value in DEMO_DATA.items():
+        assert data[key] == value, (path.name, key)
 
 
 @pytest.mark.slow

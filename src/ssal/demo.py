@@ -32,6 +32,13 @@ from ssal.train import SSALModule
 __all__ = ["DEMO_MODEL", "run_demo"]
 
 DEMO_MODEL = "small-cnn"  # its registry entry holds the recipe (the Fashion-MNIST configs too)
+DEMO_DATA = {  # the demo's data settings; configs/fashion-mnist/small-cnn_*.yaml spell them out
+    "dataset": "fashion-mnist",
+    "eval_batch_size": 1000,
+    "heldout": 0.1,
+    "max_shift": 2,
+    "flip": True,
+}
 
 
 def _train(
@@ -98,15 +105,7 @@ def _datamodule(
     data_dir: str | None, seed: int, batch_size: int, train_size: int | None
 ) -> InMemoryDataModule:
     dm = InMemoryDataModule(
-        "fashion-mnist",
-        data_dir,
-        batch_size=batch_size,
-        eval_batch_size=1000,
-        heldout=0.1,
-        seed=seed,
-        max_shift=2,
-        flip=True,
-        train_size=train_size,
+        data_dir=data_dir, batch_size=batch_size, seed=seed, train_size=train_size, **DEMO_DATA
     )
     dm.setup("fit")
     return dm

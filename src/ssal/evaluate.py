@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ssal.grouping import Grouping
+from ssal.grouping import Grouping, groupings_from_confusion
 from ssal.model import SSALModel, SSALOutput
 from ssal.scores import ALPHA_GRID, batch_counts, count_shapes, figures
 
@@ -231,8 +231,5 @@ def groupings_from_model(
         device,
         track,
     )
-    groupings = [
-        Grouping.from_confusion(confusion, g, mode, size_margin, seed)  # type: ignore[arg-type]
-        for g in sizes
-    ]
+    groupings = groupings_from_confusion(confusion, sizes, mode, size_margin, seed)  # type: ignore[arg-type]
     return groupings, confusion

@@ -28,6 +28,7 @@ __all__ = [
     "check_assignment",
     "cifar100_superclasses",
     "group_classes",
+    "groupings_from_confusion",
     "groupings_from_spec",
     "load_groupings",
     "read_label_file",
@@ -220,6 +221,18 @@ class Grouping:
         """Run ``group_classes`` and name the result ``"{mode}-{num_groups}"``."""
         a = group_classes(confusion, num_groups, mode=mode, size_margin=size_margin, seed=seed)
         return cls(a, name=f"{mode}-{num_groups}", mode=mode, num_groups=num_groups)
+
+
+def groupings_from_confusion(
+    confusion: np.ndarray,
+    sizes: Sequence[int],
+    mode: Mode = "similar",
+    size_margin: float = 1.1,
+    seed: int = 0,
+) -> list[Grouping]:
+    """One grouping of a ``(C, C)`` confusion matrix per number of groups in ``sizes`` (the
+    paper's branches: 20, 33 and 50 groups of CIFAR-100's classes)."""
+    return [Grouping.from_confusion(confusion, g, mode, size_margin, seed) for g in sizes]
 
 
 def as_grouping(g: Grouping | np.ndarray | Sequence[int]) -> Grouping:

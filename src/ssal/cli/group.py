@@ -138,7 +138,7 @@ def _label_files(paths: list[str], classes: int | None) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from ssal.evaluate import groupings_from_model
-    from ssal.grouping import Grouping, save_groupings
+    from ssal.grouping import groupings_from_confusion, save_groupings
 
     names = _read_names(args.names) if args.names else None
     if args.classes is not None and args.classes < 2:
@@ -169,10 +169,9 @@ def run(args: argparse.Namespace) -> int:
             np.save(args.save_confusion, confusion)
     else:
         confusion = _read_confusion(args.confusion)
-        groupings = [
-            Grouping.from_confusion(confusion, g, args.mode, args.size_margin, args.seed)
-            for g in args.groups
-        ]
+        groupings = groupings_from_confusion(
+            confusion, args.groups, args.mode, args.size_margin, args.seed
+        )
     classes = groupings[0].num_classes
     if args.classes is not None and classes != args.classes:
         raise UserError(f"the groupings cover {classes} classes, --classes says {args.classes}")
