@@ -181,3 +181,36 @@ def test_runs_go_under_default_root_dir(project, tmp_path):
     assert not (tmp_path / "runs").exists()
     report = json.dumps(only_our_lines(result.stderr))
     assert "elsewhere/runs/ssal/version_0" in report
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (
+            ["--trainer.max_epochs", "abc"],
+            "trainer.max_epochs on the command line: expected an integer or null, got 'abc'",
+        ),
+        (["--model.lr", "x"], "model.lr on the command line: expected a number, got 'x'"),
+        (
+            ["--data.init_args.batch_size", "-3"],
+            "data.init_args: batch_size and eval_batch_size must be >= 1, got -3 and 512 "
+            "(config tiny.yaml)",
+        ),
+        (
+            ["--trainer.max_epoch", "1"],
+            "unknown key trainer.max_epoch on the command line; did you mean "
+            "trainer.max_epochs or trainer.min_epochs? (see ssal fit --help)",
+        ),
+    ],
+)
+def test_config_values_of_the_wrong_kind_are_one_line_in_our_words(
+    project, args, error, capsys, monkeypatch
+):
+    """jsonargparse's multi-line account of a refused value becomes one line that says where
+    the value came from (the config file named only when the line does not say)."""
+    from ssal.cli import main
+
+    monkeypatch.chdir(project)
+    assert main(["fit", "--config", "tiny.yaml", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"ssal: error: {error}\n" and captured.out == ""

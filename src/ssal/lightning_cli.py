@@ -42,7 +42,12 @@ __all__ = ["ConfigError", "Interrupted", "SSALCLI", "run_lightning_cli"]
 
 
 class ConfigError(ValueError):
-    """A config or command-line value Lightning's CLI refused, explained in one line."""
+    """A config or command-line value Lightning's CLI refused, explained in one line;
+    ``located`` when the line already says where the value came from."""
+
+    def __init__(self, message: str, located: bool = False) -> None:
+        super().__init__(message)
+        self.located = located
 
 
 class Interrupted(Exception):
@@ -99,6 +104,10 @@ class SSALCLI(LightningCLI):
             super().instantiate_classes()
         except (TypeError, AttributeError, KeyError) as e:
             raise ConfigError(f"the config does not fit the classes it names ({e})") from None
+        except ValueError as e:  # a class refused a value; the data's comes wrapped in a Union
+            if "Does not validate against any of the Union subtypes" not in str(e):
+                raise
+            raise ConfigError(f"data.init_args: {plain_validation_error(str(e))}") from None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -292,7 +301,9 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
             auto_configure_optimizers=False,
         )
     except ArgumentError as e:
-        raise ConfigError(explain_config_error(str(e), argv)) from None
+        message = explain_config_error(str(e), argv)
+        located = " on the command line" in message or " in " in message.split(":")[0]
+        raise ConfigError(message, located) from None
     except MisconfigurationException as e:  # Lightning's word for a setting it cannot use
         raise ConfigError(" ".join(str(e).split())[:300]) from None
     except KeyboardInterrupt:
@@ -368,8 +379,53 @@ def explain_config_error(message: str, argv: Sequence[str]) -> str:
         return f"unknown key {key} {where}{_did_you_mean(key)} (see ssal {command} --help)"
     bad = re.search(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if bad:
-        key, detail = bad.group(1), " ".join(bad.group(2).split())
+        key, detail = bad.group(1), bad.group(2)
         if key == "config":
-            return detail.replace("File does not exist", "config file not found")
-        return f"{key} {_source(key, argv)}: {detail[:200]}"
-    return " ".join(message.split())[:300]
+            return " ".join(detail.split()).replace("File does not exist", "config file not found")
+        return f"{key} {_source(key, argv)}: {plain_validation_error(detail)}"
+    return plain_validation_error(message)
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "text",
+    "bool": "true or false",
+    "NoneType": "null",
+    "dict": "a mapping",
+    "list": "a list",
+    "tuple": "a list",
+}
+
+
+def _expected(found: Sequence[str]) -> str:
+    """What jsonargparse's "Expected a ..." lines ask for, in words: the allowed values of
+    its literals merged into one list, then the types."""
+    values: list[str] = []
+    types: list[str] = []
+    for text in found:
+        if text.startswith("typing.Literal["):
+            values += [v.strip().strip("'") for v in text[len("typing.Literal[") : -1].split(",")]
+        else:
+            name = re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>$", r"\1", text)
+            types.append(_TYPE_WORDS.get(name, name))
+    words = [f"one of {', '.join(dict.fromkeys(values))}"] if values else []
+    return " or ".join(words + list(dict.fromkeys(types)))
+
+
+_EXPECTED = re.compile(r"Expected a (<class '[\w.]+'>|typing\.Literal\[.*?\])(?:\.|\n|$)")
+
+
+def plain_validation_error(detail: str) -> str:
+    """jsonargparse's account of a value that does not fit, in one short line: the reason a
+    class gave (``batch_size ... must be >= 1``), or what was expected and what was given."""
+    errors = re.findall(r"^\s*- (.+)$", detail, re.M)
+    reasons = [e.strip() for e in errors if not e.strip().startswith("Expected a ")]
+    if reasons:
+        return " ".join(reasons[0].split())[:300]
+    expected = _EXPECTED.findall(detail)
+    given = re.search(r"(?:Given|Got) value: (.*)", detail)
+    if expected:
+        got = f", got {given.group(1).strip()[:80]!r}" if given else ""
+        return f"expected {_expected(expected)}{got}"
+    return " ".join(detail.split())[:300]

@@ -29,7 +29,9 @@ def run(argv: list[str], debug: bool, verbose: bool) -> int:
     except USER_ERRORS as e:
         if debug:
             raise
-        print(f"ssal: error: {_with_configs(one_line(e), argv)}", file=sys.stderr)
+        located = getattr(e, "located", False)  # the line says where the value came from
+        message = one_line(e) if located else _with_configs(one_line(e), argv)
+        print(f"ssal: error: {message}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"ssal: interrupted; resume with: {e}", file=sys.stderr)
