@@ -214,3 +214,56 @@ def test_config_values_of_the_wrong_kind_are_one_line_in_our_words(
     assert main(["fit", "--config", "tiny.yaml", *args]) == 2
     captured = capsys.readouterr()
     assert captured.err == f"ssal: error: {error}\n" and captured.out == ""
+
+
+def run_on_a_terminal(args: list[str], cwd: Path, columns: int = 100) -> tuple[int, str]:
+    """Run ``ssal ARGS`` with a pseudo-terminal of ``columns`` columns as its stdout and
+    stderr (as a user's shell does); its exit code and everything it drew."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssal.cli", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the command has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(timeout=300), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_fit_on_a_terminal_says_where_its_checkpoints_are_after_the_bar_stops(project, tmp_path):
+    """On a terminal the progress bar redraws itself until it stops; the lines naming the
+    checkpoints come after that, so no redraw erases them or glues them to the bar."""
+    config = write_tiny_config(tmp_path / "c.yaml", project / "data", trainer={"max_epochs": 1})
+    code, text = run_on_a_terminal(
+        ["fit", "--config", str(config), "--trainer.enable_progress_bar", "true"], tmp_path
+    )
+    assert code == 0, text
+    assert "Epoch 0/0" in text  # the bar was drawn
+    show_cursor = "\x1b[?25h"  # the bar's last act: the cursor shown again
+    assert show_cursor in text
+    after = text[text.rfind(show_cursor) + len(show_cursor) :].replace("\r", "").splitlines()
+    assert after[:2] == [
+        "ssal: last checkpoint: runs/ssal/version_0/checkpoints/last.ckpt",
+        "ssal: best checkpoint: runs/ssal/version_0/checkpoints/best-epoch=0.ckpt "
+        f"(val/acc_fine {after[1].rsplit(' ', 1)[-1]}",
+    ]

@@ -152,9 +152,11 @@ class RunReport(Callback):
         if folder:
             log.log(NOTE, "run folder: %s", folder)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        # after ``on_fit_end``: the progress bars (earlier in the callback list) have stopped
+        # drawing by now, so these lines are neither glued to a bar nor erased by its redraw
         ckpt = trainer.checkpoint_callback
-        if not trainer.is_global_zero or ckpt is None:
+        if stage != "fit" or not trainer.is_global_zero or ckpt is None:
             return
         if getattr(ckpt, "last_model_path", ""):
             log.log(NOTE, "last checkpoint: %s", ckpt.last_model_path)
