@@ -305,3 +305,23 @@ def test_auto_groupings_from_python(tmp_path):
     assert [g.num_groups for g in groupings] == [2, 3]
     assert [g.num_groups for g in module.groupings] == [2, 3]
     assert len(module.net.branches) == 2 and not (tmp_path / "groupings.json").exists()
+
+
+def test_log_interval_gives_short_runs_loss_curves():
+    from ssal.callbacks import log_interval
+
+    assert log_interval(50, 422) == 50  # long epochs: as asked
+    assert log_interval(50, 30) == 7  # fewer than two rows an epoch: a quarter epoch
+    assert log_interval(50, 3) == 1 and log_interval(1, 1) == 1
+
+
+def test_fit_limited_to_a_few_batches_still_logs_the_loss(tmp_path, cifar_dir):
+    """``limit_train_batches`` decides how many steps an epoch has, so a copied
+    ``log_every_n_steps: 50`` still leaves rows of training loss for the report."""
+    from ssal.runs import read_metrics_csv
+
+    run = fit_tiny(tmp_path, cifar_dir, "--data.init_args.batch_size", "8",
+                   "--trainer.limit_train_batches", "3", "--trainer.log_every_n_steps", "50",
+                   "--trainer.limit_val_batches", "1")  # fmt: skip
+    losses = read_metrics_csv(run / "metrics.csv")["train/loss"]
+    assert len(losses["step"]) >= 4  # 2 epochs x 3 steps, one row a step

@@ -24,6 +24,7 @@ __all__ = [
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "RunReport",
+    "log_interval",
     "use_loss_progress_bar",
 ]
 
@@ -117,6 +118,13 @@ class AutoGroupings(Callback):
             return
         path = cls().derive(trainer, module, datamodule)
         os.environ[cls.ENV] = str(path.resolve())
+
+
+def log_interval(requested: int, batches: int) -> int:
+    """Steps between logged training rows: ``requested``, or a quarter of the ``batches`` a
+    run trains per epoch where ``requested`` would log fewer than two rows an epoch (short
+    runs still get loss curves)."""
+    return max(1, batches // 4) if requested > max(1, batches // 2) else requested
 
 
 class RunReport(Callback):

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssal.backbones.registry import get_entry
-from ssal.callbacks import use_loss_progress_bar
+from ssal.callbacks import log_interval, use_loss_progress_bar
 from ssal.checkpoint import set_checkpoint_alpha
 from ssal.data.in_memory import InMemoryDataModule
 from ssal.evaluate import Track, evaluate_model, evaluate_split_pair, groupings_from_model
@@ -67,7 +67,7 @@ def _train(
         enable_model_summary=False,
         enable_progress_bar=not quiet,
         num_sanity_val_steps=0,
-        log_every_n_steps=20,
+        log_every_n_steps=log_interval(20, len(dm.train_dataloader())),
         deterministic=False,
     )
     use_loss_progress_bar(trainer)

@@ -30,6 +30,7 @@ from ssal.callbacks import (
     LastAndBestCheckpoint,
     NonFiniteLossGuard,
     RunReport,
+    log_interval,
     use_loss_progress_bar,
 )
 from ssal.checkpoint import CHECKPOINT_KEY, groupings_of, read_checkpoint
@@ -168,12 +169,22 @@ class SSALCLI(LightningCLI):
                 raise
             raise KeyboardInterrupt from None
 
+    def _batches_run(self) -> int:
+        """Training batches an epoch of this run takes: the loader's, cut by
+        ``limit_train_batches`` and ``max_steps``."""
+        trainer = self.trainer
+        batches = len(self.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif limit is not None and limit < 1:
+            batches = max(1, int(batches * limit))
+        return min(batches, trainer.max_steps) if trainer.max_steps > 0 else batches
+
     def before_fit(self) -> None:
         trainer, module = self.trainer, self.model
         self._load_data()
-        batches = len(self.datamodule.train_dataloader())
-        if trainer.log_every_n_steps > max(1, batches // 2):  # short epochs still log curves
-            trainer.log_every_n_steps = max(1, batches // 4)
+        trainer.log_every_n_steps = log_interval(trainer.log_every_n_steps, self._batches_run())
         self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
         trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
