@@ -238,6 +238,10 @@ def test_alpha_plot_draws_each_series_in_the_style_its_caption_names():
     series = data["accuracy_by_alpha"]["ssal"]
     assert series["heldout"]["linestyle"] == named["held-out"]
     assert series["test"]["linestyle"] == named["test"]
+    # the image's alt text says what it shows ("no SSAL run" only where there is none)
+    assert 'alt="accuracy against alpha"' in page
+    baseline_only, _ = build_report([fake_result("base", [], 0)])
+    assert "accuracy against alpha (no SSAL run): nothing to plot." in baseline_only
     assert "dotted" in ALPHA_CAPTION and data["accuracy_by_alpha"]["base"]["linestyle"] == "dotted"
     # the pairwise table is shown for SSAL runs only (a baseline has one head)
     assert page.count("if ... is right") == 1

@@ -463,10 +463,12 @@ def build_report(
         curves_html.append(img_tag(png, "training curves"))
         data["runs"].append(_run_entry(r, a, plotted))
     sections.append(side_by_side("Training curves", names, curves_html))
-    png, data["accuracy_by_alpha"] = plot_alpha(_alpha_series(results))
+    series = _alpha_series(results)
+    png, data["accuracy_by_alpha"] = plot_alpha(series)
+    with_branches = any("alpha" in s for s in series)
     sections.append(
         "<h2>Accuracy against alpha</h2>"
-        + img_tag(png, "accuracy against alpha (no SSAL run)")
+        + img_tag(png, "accuracy against alpha" + ("" if with_branches else " (no SSAL run)"))
         + f'<p class="note">{ALPHA_CAPTION}</p>'
     )
     png, _ = plot_risk_coverage(
