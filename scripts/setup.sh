@@ -28,8 +28,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 apt_install() {  # apt_install PACKAGE: quietly, refreshing the package lists once if needed
   command -v apt-get >/dev/null 2>&1 || return 1
-  $SUDO apt-get install -y -qq "$1" >/dev/null 2>&1 ||
-    { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq "$1" >/dev/null 2>&1; }
+  # wait (up to 5 minutes) for another apt or dpkg that holds the lock, instead of failing
+  local apt=($SUDO apt-get -o DPkg::Lock::Timeout=300)
+  "${apt[@]}" install -y -qq "$1" >/dev/null 2>&1 ||
+    { "${apt[@]}" update -qq >/dev/null 2>&1 && "${apt[@]}" install -y -qq "$1" >/dev/null 2>&1; }
 }
 
 fmnist=/usr/share/datasets/fashion-mnist

@@ -1,3 +1,5 @@
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,28 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose system package is missing, except on CI, where the setup script
+    installs it (Debian's dataset-fashion-mnist, chromium): there its absence fails the test,
+    so a broken install cannot pass as a skip."""
+    if available:
+        return
+    message = f"{what} is not installed (scripts/setup.sh installs it where apt is available)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def have_fashion_mnist() -> bool:
+    from ssal.data import DEFAULT_FASHION_MNIST_DIR
+
+    return (Path(DEFAULT_FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def have_chromium() -> bool:
+    return shutil.which("chromium") is not None
 
 
 def modulo_groupings(num_classes: int, sizes=(2, 3, 5)) -> list[np.ndarray]:

@@ -30,6 +30,7 @@ from ssal.data import (
     shift_flip,
     stratified_split,
 )
+from tests.conftest import have_fashion_mnist, require
 
 # --------------------------------------------------------------------------------------------
 # Helpers writing the original file formats
@@ -285,8 +286,7 @@ def test_idx_bad_magic_truncated_and_missing(tmp_path: Path) -> None:
 
 
 def test_real_fashion_mnist_test_split() -> None:
-    if not (D.DEFAULT_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")
+    require(have_fashion_mnist(), "Debian's dataset-fashion-mnist")
     test = load_fashion_mnist(D.DEFAULT_FASHION_MNIST_DIR, "test")
     assert test.images.shape == (10000, 1, 28, 28)
     assert test.num_classes == 10

@@ -4,15 +4,12 @@ from pathlib import Path
 import pytest
 
 from ssal.cli import main
-from ssal.data import DEFAULT_FASHION_MNIST_DIR
+from tests.conftest import have_fashion_mnist, require
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (Path(DEFAULT_FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
 def test_demo_short_run_writes_everything(tmp_path, capsys):
+    require(have_fashion_mnist(), "Debian's dataset-fashion-mnist")
     out = tmp_path / "demo"
     assert (
         main(["demo", "--out", str(out), "--epochs", "2", "--train-size", "4000", "--quiet"]) == 0

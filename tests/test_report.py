@@ -4,7 +4,6 @@ import html
 import io
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,15 +15,14 @@ from PIL import Image
 
 from ssal import analysis
 from ssal.cli import main
-from ssal.data import DEFAULT_FASHION_MNIST_DIR
 from ssal.grouping import Grouping
 from ssal.metrics import SSALMetrics
 from ssal.predict import structured_predict
 from ssal.report.run_page import RunResult, build_report
 from ssal.runs import RunSource, find_runs, read_metrics_csv
+from tests.conftest import have_chromium, have_fashion_mnist, require
 
 pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists:UserWarning")
-HAVE_FASHION_MNIST = (Path(DEFAULT_FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -249,8 +247,7 @@ def test_alpha_plot_draws_each_series_in_the_style_its_caption_names():
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    if not HAVE_FASHION_MNIST:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    require(have_fashion_mnist(), "Debian's dataset-fashion-mnist")
     out = tmp_path_factory.mktemp("demo")
     args = ["demo", "--out", str(out), "--epochs", "1", "--train-size", "2000", "--quiet"]
     assert main(args) == 0
@@ -333,10 +330,11 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
-def test_report_renders_in_a_headless_browser(demo_runs, tmp_path):
+def test_report_renders_in_a_headless_browser(tmp_path, request):
     """The demo's report in Debian's chromium, served over HTTP: every image decodes, the
     embedded data parses, no JavaScript error or failed request is logged."""
+    require(have_chromium(), "Debian's chromium")
+    demo_runs = request.getfixturevalue("demo_runs")
     import functools
     import http.server
     import threading
@@ -369,3 +367,15 @@ def test_report_renders_in_a_headless_browser(demo_runs, tmp_path):
         assert im.size == (1200, 3000)
         grey = np.asarray(im.convert("L"))
     assert grey.std() > 10  # text and plots, not a blank page
+
+
+def test_a_missing_system_package_fails_on_ci_and_skips_elsewhere(monkeypatch):
+    """CI's setup installs chromium and Fashion-MNIST: a test that needs them may not pass
+    there as a skip."""
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        require(False, "Debian's chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require(False, "Debian's chromium")
+    require(True, "Debian's chromium")  # present: runs
