@@ -23,10 +23,10 @@ from ssal.backbones.registry import get_entry
 from ssal.callbacks import log_interval, use_loss_progress_bar
 from ssal.checkpoint import set_checkpoint_alpha
 from ssal.data.in_memory import InMemoryDataModule
-from ssal.evaluate import Track, evaluate_model, evaluate_split_pair, groupings_from_model
+from ssal.evaluate import Track, groupings_from_model
 from ssal.files import write_json
 from ssal.grouping import save_groupings
-from ssal.report import write_report
+from ssal.report import evaluate_runs, save_report
 from ssal.train import SSALModule
 
 __all__ = ["DEMO_MODEL", "run_demo"]
@@ -172,7 +172,7 @@ def run_demo(
     say(f"Fashion-MNIST: {n_train} training, {n_held} held-out, {len(dm.test_arrays)} test images")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     track = None if quiet else track
-    base, base_ckpt, base_time, groupings, groupings_path = _baseline_and_groupings(
+    _, base_ckpt, base_time, groupings, groupings_path = _baseline_and_groupings(
         dm, out, epochs, seed, quiet, device, say, track
     )
     say(f"[3/4] training the same network with SSAL branches ({_epochs(epochs)})")
@@ -181,49 +181,38 @@ def run_demo(
     model = SSALModule(num_classes=10, in_channels=1, groupings=str(groupings_path), **recipe)
     ssal_ckpt, ssal_time = _train(model, dm, out / "ssal", epochs, quiet)
     say("[4/4] choosing alpha on the held-out split, evaluating on the test set")
-    ev = evaluate_split_pair(model.net, dm, model.alpha, device=device, track=track)
-    set_checkpoint_alpha(ssal_ckpt, ev.alpha, ev.alpha_source)  # evaluate/predict use it
-    base_test = evaluate_model(
-        base.net,
-        dm.test_dataloader(),
-        lambda x: dm.prepare_batch(x, False),
-        10,
-        0.0,
-        device,
-        "baseline: test split",
-        track,
+    # one evaluation of each split serves the summary and the report alike
+    base_run, ssal_run = evaluate_runs(
+        [out / "baseline", out / "ssal"], device=device, datamodule=dm, track=track
     )
+    set_checkpoint_alpha(ssal_ckpt, ssal_run.alpha, ssal_run.alpha_source)  # evaluate/predict
+    test = ssal_run.test
     summary = {
-        "baseline_accuracy": base_test["fine_accuracy"],
-        "tr_accuracy": ev.test["fine_accuracy"],
-        "jp_accuracy": ev.test["joint_accuracy"],
-        "alpha": ev.alpha,
-        "alpha_chosen_on": ev.alpha_source,
-        "heldout_joint_accuracy_by_alpha": ev.heldout["joint_accuracy_by_alpha"],
-        "branch_accuracy": ev.test["branch_accuracy"],
-        "set_aside": ev.test["set_aside"],
+        "baseline_accuracy": base_run.test["fine_accuracy"],
+        "tr_accuracy": test["fine_accuracy"],
+        "jp_accuracy": test["joint_accuracy"],
+        "alpha": ssal_run.alpha,
+        "alpha_chosen_on": ssal_run.alpha_source,
+        "heldout_joint_accuracy_by_alpha": (ssal_run.heldout or {})["joint_accuracy_by_alpha"],
+        "branch_accuracy": test["branch_accuracy"],
+        "set_aside": test["set_aside"],
         "groupings": str(groupings_path),
         "groupings_detail": [g.to_dict() for g in groupings],
         "baseline_checkpoint": str(base_ckpt),
         "ssal_checkpoint": str(ssal_ckpt),
         "epochs": epochs,
         "train_size": n_train,
-        "test_size": ev.test["num_samples"],
+        "test_size": test["num_samples"],
         "seed": seed,
         "device": device,
         "baseline_train_seconds": round(base_time, 1),
         "ssal_train_seconds": round(ssal_time, 1),
-        "warnings": [w for w in (_near_chance(base_test["fine_accuracy"], 10), *ev.warnings) if w],
+        "warnings": [
+            w for w in (_near_chance(base_run.test["fine_accuracy"], 10), *ssal_run.warnings) if w
+        ],
     }
     say(f"writing {out / 'report.html'}: plots and the paper's analysis, side by side")
-    report, _ = write_report(
-        [out / "baseline", out / "ssal"],
-        out / "report.html",
-        device=device,
-        datamodule=dm,
-        heldout={"ssal": ev.heldout},
-        track=track,
-    )
+    report, _ = save_report([base_run, ssal_run], out / "report.html")
     summary["report"] = str(report)
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "summary.json", summary)

@@ -45,7 +45,9 @@ __all__ = [
     "analyse_run",
     "build_report",
     "evaluate_run",
+    "evaluate_runs",
     "hierarchy_levels",
+    "save_report",
     "write_report",
 ]
 
@@ -520,6 +522,44 @@ def _confusion_section(
     )
 
 
+def evaluate_runs(
+    paths: Sequence[str | Path],
+    data_dir: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    alpha: float | None = None,
+    datamodule: Any | None = None,
+    heldout: Mapping[str, Mapping[str, Any] | None] | None = None,
+    track: Track | None = None,
+) -> list[RunResult]:
+    """Evaluate the runs in ``paths`` (folders or checkpoints) as ``evaluate_run`` does, the
+    rebuilt datamodules shared; ``heldout`` maps run names to figures already computed on
+    the held-out split."""
+    cache: dict[str, Any] = {}
+    return [
+        evaluate_run(
+            s,
+            data_dir,
+            device,
+            batch_size,
+            alpha,
+            datamodule,
+            (heldout or {}).get(s.name),
+            track,
+            cache,
+        )
+        for s in find_runs(paths)
+    ]
+
+
+def save_report(results: Sequence[RunResult], target: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Write the report of evaluated runs to ``target``; returns its path and the plotted
+    data."""
+    title = "ssal report: " + " vs ".join(r.source.name for r in results)
+    page, data = build_report(results, title)
+    return write_text(Path(target), page), data
+
+
 def write_report(
     paths: Sequence[str | Path],
     out: str | Path | None = None,
@@ -532,29 +572,8 @@ def write_report(
     track: Track | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate the runs in ``paths`` and write the report (default ``report.html`` in the
-    first); returns its path and the plotted data.
-
-    ``heldout`` maps run names to figures already computed on the held-out split (the demo
-    passes its own to save a pass).
-    """
-    sources = find_runs(paths)
-    cache: dict[str, Any] = {}
-    results = [
-        evaluate_run(
-            s,
-            data_dir,
-            device,
-            batch_size,
-            alpha,
-            datamodule,
-            (heldout or {}).get(s.name),
-            track,
-            cache,
-        )
-        for s in sources
-    ]
+    first); returns its path and the plotted data."""
+    results = evaluate_runs(paths, data_dir, device, batch_size, alpha, datamodule, heldout, track)
     first = Path(paths[0])
     target = Path(out) if out else (first if first.is_dir() else first.parent) / "report.html"
-    title = "ssal report: " + " vs ".join(s.name for s in sources)
-    page, data = build_report(results, title)
-    return write_text(target, page), data
+    return save_report(results, target)
