@@ -561,19 +561,11 @@ def save_report(results: Sequence[RunResult], target: str | Path) -> tuple[Path,
 
 
 def write_report(
-    paths: Sequence[str | Path],
-    out: str | Path | None = None,
-    data_dir: str | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    alpha: float | None = None,
-    datamodule: Any | None = None,
-    heldout: Mapping[str, Mapping[str, Any] | None] | None = None,
-    track: Track | None = None,
+    paths: Sequence[str | Path], out: str | Path | None = None, **options: Any
 ) -> tuple[Path, dict[str, Any]]:
-    """Evaluate the runs in ``paths`` and write the report (default ``report.html`` in the
-    first); returns its path and the plotted data."""
-    results = evaluate_runs(paths, data_dir, device, batch_size, alpha, datamodule, heldout, track)
+    """Evaluate the runs in ``paths`` (``options``: those of ``evaluate_runs``) and write the
+    report (default ``report.html`` in the first); returns its path and the plotted data."""
+    results = evaluate_runs(paths, **options)
     first = Path(paths[0])
     target = Path(out) if out else (first if first.is_dir() else first.parent) / "report.html"
     return save_report(results, target)
