@@ -186,14 +186,15 @@ def run_demo(
         [out / "baseline", out / "ssal"], device=device, datamodule=dm, track=track
     )
     set_checkpoint_alpha(ssal_ckpt, ssal_run.alpha, ssal_run.alpha_source)  # evaluate/predict
-    test = ssal_run.test
+    test, heldout = ssal_run.test, ssal_run.heldout
+    assert heldout is not None  # an SSAL run chooses alpha on its held-out split
     summary = {
         "baseline_accuracy": base_run.test["fine_accuracy"],
         "tr_accuracy": test["fine_accuracy"],
         "jp_accuracy": test["joint_accuracy"],
         "alpha": ssal_run.alpha,
         "alpha_chosen_on": ssal_run.alpha_source,
-        "heldout_joint_accuracy_by_alpha": (ssal_run.heldout or {})["joint_accuracy_by_alpha"],
+        "heldout_joint_accuracy_by_alpha": heldout["joint_accuracy_by_alpha"],
         "branch_accuracy": test["branch_accuracy"],
         "set_aside": test["set_aside"],
         "groupings": str(groupings_path),

@@ -312,9 +312,7 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
             auto_configure_optimizers=False,
         )
     except ArgumentError as e:
-        message = explain_config_error(str(e), argv)
-        located = " on the command line" in message or " in " in message.split(":")[0]
-        raise ConfigError(message, located) from None
+        raise explain_config_error(str(e), argv) from None
     except MisconfigurationException as e:  # Lightning's word for a setting it cannot use
         raise ConfigError(" ".join(str(e).split())[:300]) from None
     except KeyboardInterrupt:
@@ -381,20 +379,24 @@ def _unknown_key(message: str) -> str | None:
     return None
 
 
-def explain_config_error(message: str, argv: Sequence[str]) -> str:
-    """One line for an error of Lightning's argument parser: which key, where, what to do."""
+def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
+    """One line for an error of Lightning's argument parser: which key, where (``located``),
+    what to do."""
     command = argv[0] if argv else "fit"
     key = _unknown_key(message)
     if key:
         where = _source(key, argv)
-        return f"unknown key {key} {where}{_did_you_mean(key)} (see ssal {command} --help)"
+        return ConfigError(
+            f"unknown key {key} {where}{_did_you_mean(key)} (see ssal {command} --help)", True
+        )
     bad = re.search(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if bad:
         key, detail = bad.group(1), bad.group(2)
         if key == "config":
-            return " ".join(detail.split()).replace("File does not exist", "config file not found")
-        return f"{key} {_source(key, argv)}: {plain_validation_error(detail)}"
-    return plain_validation_error(message)
+            text = " ".join(detail.split())
+            return ConfigError(text.replace("File does not exist", "config file not found"))
+        return ConfigError(f"{key} {_source(key, argv)}: {plain_validation_error(detail)}", True)
+    return ConfigError(plain_validation_error(message))
 
 
 _TYPE_WORDS = {

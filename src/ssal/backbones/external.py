@@ -264,7 +264,8 @@ def _weights_source(name: str) -> tuple[str, str | None, list[Path]]:
             import torchvision
 
             url = torchvision.models.get_model_weights(model_name).DEFAULT.url
-            return str(hub / url.rsplit("/", 1)[-1]), url, [hub / url.rsplit("/", 1)[-1]]
+            file = hub / url.rsplit("/", 1)[-1]
+            return str(file), url, [file]
         from huggingface_hub import constants, try_to_load_from_cache
 
         cfg = _timm().models.get_pretrained_cfg(model_name)
