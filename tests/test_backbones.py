@@ -5,11 +5,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssal
-from ssal.backbones.registry import LEGACY_NAMES, default_groupings, get_entry, list_models
+from ssal.backbones import default_groupings, get_entry, list_models
 from ssal.backbones.wrn import WideBlock
 from ssal.conventions import Style, TFSameConv2d, keras_parameter_count, torch_parameter_count
 
-PAPER_PARAMS = {n: get_entry(n).paper_params for n in list_models() if get_entry(n).paper_params}
+PAPER_PARAMS = {n: get_entry(n).paper.params for n in list_models() if get_entry(n).paper.params}
 
 # What the authors' code builds, counted by Keras (batch norm's moving statistics and conv
 # biases included): (baseline, with branches of 20/33/50 groups) for 100 classes.
@@ -18,13 +18,13 @@ AUTHORS_KERAS_COUNTS = {
     "resnet50": (23_772_644, 28_886_131),
     "densenet190-40": (26_078_580, 38_287_795),
 }
-# What each name built before it became the authors' network (PyTorch counts, 100 classes,
-# 20/33/50 groups): checkpoints of that time load with LEGACY_NAMES.
-BEFORE = {
-    "resnet50": (23_700_644, 28_801_351),
-    "wrn28-10": (36_536_884, 43_200_995),
-    "sewrn16-8": (11_095_460, 17_378_643),
-    "densenet190-40": (25_821_620, 38_011_491),
+# The standard variants of the paper's networks (PyTorch counts, 100 classes, 20/33/50
+# groups): what the paper's names built before they built the authors' networks.
+STANDARD_COUNTS = {
+    "preact-resnet50": (23_700_644, 28_801_351),
+    "wrn-28-10": (36_536_884, 43_200_995),
+    "sewrn-16-8": (11_095_460, 17_378_643),
+    "densenet-bc-190-40": (25_821_620, 38_011_491),
 }
 
 
@@ -43,7 +43,7 @@ def counts(name: str, count=torch_parameter_count, **kw) -> tuple[int, int]:
 @pytest.mark.parametrize("name", list(AUTHORS_KERAS_COUNTS))
 def test_paper_models_have_the_authors_parameter_counts(name):
     assert counts(name, keras_parameter_count) == AUTHORS_KERAS_COUNTS[name]
-    assert get_entry(name).authors_params == AUTHORS_KERAS_COUNTS[name]
+    assert get_entry(name).paper.authors_params == AUTHORS_KERAS_COUNTS[name]
 
 
 def test_imagenet_resnet50_has_the_authors_parameter_count():
@@ -53,9 +53,9 @@ def test_imagenet_resnet50_has_the_authors_parameter_count():
     assert (base, full) == (25_557_032, 37_453_730)
 
 
-@pytest.mark.parametrize("name", list(BEFORE))
-def test_legacy_names_build_what_the_paper_names_built_before(name):
-    assert counts(LEGACY_NAMES[name]) == BEFORE[name]
+@pytest.mark.parametrize("name", list(STANDARD_COUNTS))
+def test_standard_variants_have_their_parameter_counts(name):
+    assert counts(name) == STANDARD_COUNTS[name]
 
 
 @pytest.mark.parametrize("name", list(PAPER_PARAMS))
@@ -102,7 +102,7 @@ KERAS_BN = (1e-3, 0.01)
 )
 def test_batch_norm_settings(name, backbone, branches):
     entry = get_entry(name)
-    _, model = build(name, entry.paper_classes, entry.paper_groups)
+    _, model = build(name, entry.paper.classes, entry.paper.groups)
     assert _norms(model.backbone) == backbone
     assert _norms(model.branches) == branches
 
@@ -123,7 +123,7 @@ def test_resnet50_last_stage_stays_at_8x8():
 
 def test_wrn_block_order_post_activation():
     torch.manual_seed(0)
-    style = get_entry("wrn28-10").build.keywords["style"]
+    style = get_entry("wrn28-10").network.build.keywords["style"]
     block = WideBlock(4, 6, 1, style=style, post_activation=True).eval()
     x = torch.randn(2, 4, 5, 5)
     o = torch.relu(block.bn1(block.conv1(x)))
@@ -168,9 +168,13 @@ def test_densenet_dropout_after_every_3x3_conv():
 
 
 def test_paper_positions_are_module_names():
-    assert ssal.get_entry("resnet50").positions == ("layer1", "layer2", "layer3")
-    assert ssal.get_entry("wrn28-10").positions == ("group1.1", "group2.1", "group2")
-    assert ssal.get_entry("densenet190-40").positions == ("block1", "block2:input", "block3:input")
+    assert ssal.get_entry("resnet50").branches.positions == ("layer1", "layer2", "layer3")
+    assert ssal.get_entry("wrn28-10").branches.positions == ("group1.1", "group2.1", "group2")
+    assert ssal.get_entry("densenet190-40").branches.positions == (
+        "block1",
+        "block2:input",
+        "block3:input",
+    )
 
 
 def test_registry_names_and_families():
@@ -191,8 +195,8 @@ def test_registry_names_and_families():
         assert n in names
     assert ssal.get_entry("wrn-40-2").name == "wrn-40-2"
     assert ssal.get_entry("wrn-16-4").reference == "Zagoruyko & Komodakis 2016"
-    assert ssal.get_entry("densenet-bc-100-12").layouts[0].startswith("cbr")
-    assert ssal.get_entry("wrn28-10").layouts[0].startswith("keras: ")
+    assert ssal.get_entry("densenet-bc-100-12").branches.layouts[0].startswith("cbr")
+    assert ssal.get_entry("wrn28-10").branches.layouts[0].startswith("keras: ")
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         ssal.get_entry("nope")
     with pytest.raises(ValueError, match="6n \\+ 4"):
@@ -203,8 +207,8 @@ def test_groupings_must_fit():
     # fewer groupings than positions: the deepest positions (and their layouts)
     entry = ssal.get_entry("tiny-wrn")
     two = ssal.create_model("tiny-wrn", 10, [np.arange(10) % 2] * 2)
-    assert two.positions == list(entry.positions[1:])
-    assert two.layouts == list(entry.layouts[1:])
+    assert two.positions == list(entry.branches.positions[1:])
+    assert two.layouts == list(entry.branches.layouts[1:])
     with pytest.raises(ValueError, match="4 groupings but tiny-wrn has 3 branch positions"):
         ssal.create_model("tiny-wrn", 10, [np.arange(10) % 2] * 4)
     with pytest.raises(ValueError, match="covers 8 classes, model has 10"):
@@ -217,10 +221,10 @@ def test_groupings_must_fit():
 )
 def test_paper_models_forward_batch_2(name):
     entry = ssal.get_entry(name)
-    classes = entry.paper_classes
-    model = ssal.create_model(name, classes, default_groupings(classes, entry.paper_groups))
+    classes = entry.paper.classes
+    model = ssal.create_model(name, classes, default_groupings(classes, entry.paper.groups))
     with torch.no_grad():
-        out = model.eval()(torch.randn(2, *entry.input_size))
+        out = model.eval()(torch.randn(2, *entry.network.input_size))
     assert out.logits.shape == (2, classes)
-    assert [b.shape[1] for b in out.branch_logits] == list(entry.paper_groups)
+    assert [b.shape[1] for b in out.branch_logits] == list(entry.paper.groups)
     assert all(torch.isfinite(b).all() for b in out.branch_logits)

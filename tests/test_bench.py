@@ -36,7 +36,7 @@ def test_flop_count_matches_hand_computation():
 
 @pytest.mark.slow
 def test_fast_path_loss_equals_plain_path_fp32():
-    from ssal.backbones.registry import create_model
+    from ssal.backbones import create_model
     from tests.conftest import modulo_groupings
 
     torch.manual_seed(0)

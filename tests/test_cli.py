@@ -5,12 +5,12 @@ import sys
 import numpy as np
 import pytest
 
-from ssal.backbones.registry import get_entry, list_models
+from ssal.backbones import get_entry, list_models
 from ssal.cli import main
 from ssal.grouping import load_groupings
 from tests.conftest import write_label_file
 
-PAPER_PARAMS = {n: get_entry(n).paper_params for n in list_models() if get_entry(n).paper_params}
+PAPER_PARAMS = {n: get_entry(n).paper.params for n in list_models() if get_entry(n).paper.params}
 
 
 def test_models_json(capsys):

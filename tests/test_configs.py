@@ -182,7 +182,7 @@ def test_gpu_study_configs_differ_only_in_groupings_and_have_proportionate_branc
     the paper's layouts hold on WRN-28-10 (15% of the parameters, 24% of the forward FLOPs)."""
     import torch
 
-    from ssal.backbones.registry import create_model, default_groupings
+    from ssal.backbones import create_model, default_groupings
     from ssal.bench import count_flops
     from ssal.loss import SSALLoss
 
@@ -222,7 +222,7 @@ KINDS = ("baseline", "ssal-similar", "ssal-split")
 def test_small_cnn_configs_hold_the_demos_recipe(path):
     """The demo trains with small-cnn's registry recipe and the demo's data settings; its
     configs spell out the same."""
-    from ssal.backbones.registry import get_entry
+    from ssal.backbones import get_entry
     from ssal.demo import DEMO_DATA
 
     config = load(path)

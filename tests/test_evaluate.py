@@ -1,6 +1,6 @@
 import torch
 
-from ssal.backbones.registry import create_model
+from ssal.backbones import create_model
 from ssal.evaluate import evaluate_model
 from ssal.predict import joint_log_probs
 from tests.conftest import modulo_groupings

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import ssal
+from ssal.backbones import default_groupings
 from ssal.backbones.external import scale_layout, stage_positions
-from ssal.backbones.registry import IMAGENET_LAYOUTS, default_groupings
+from ssal.backbones.families.imagenet import IMAGENET_LAYOUTS
 from ssal.cli import main
 from ssal.grouping import Grouping, save_groupings
 from tests.test_data import write_image_folder
@@ -23,13 +24,17 @@ TIMM, TORCHVISION = "timm/mobilenetv3_small_050", "torchvision/mobilenet_v3_smal
 def test_default_positions_are_the_stages_at_a_quarter_half_and_three_quarters():
     # timm: feature_info's stages past the stem (reductions 4, 8, 16, 32): the first three
     entry = ssal.get_entry("timm/resnet18")
-    assert entry.positions == ("layer1", "layer2", "layer3")
+    assert entry.branches.positions == ("layer1", "layer2", "layer3")
     info = [f["module"] for f in timm.create_model("mobilenetv3_small_050").feature_info]
-    assert ssal.get_entry(TIMM).positions == tuple(info[1:4])
+    assert ssal.get_entry(TIMM).branches.positions == tuple(info[1:4])
     # torchvision: the modules that end each resolution; a block that stays at one
     # resolution stands for its children (layer3, not layer3.5)
-    assert ssal.get_entry("torchvision/resnet50").positions == ("layer1", "layer2", "layer3")
-    assert ssal.get_entry("torchvision/efficientnet_b0").positions == (
+    assert ssal.get_entry("torchvision/resnet50").branches.positions == (
+        "layer1",
+        "layer2",
+        "layer3",
+    )
+    assert ssal.get_entry("torchvision/efficientnet_b0").branches.positions == (
         "features.2", "features.3", "features.5",
     )  # fmt: skip
     import torchvision
@@ -41,7 +46,7 @@ def test_default_positions_are_the_stages_at_a_quarter_half_and_three_quarters()
 def test_default_layouts_are_the_imagenet_branches_scaled_to_the_backbone():
     # ResNet-18 is a quarter as wide as ResNet-50 where the branches read
     entry = ssal.get_entry("torchvision/resnet18")
-    assert entry.layouts == tuple(scale_layout(lay, 0.25) for lay in IMAGENET_LAYOUTS)
+    assert entry.branches.layouts == tuple(scale_layout(lay, 0.25) for lay in IMAGENET_LAYOUTS)
     assert scale_layout("cbr(256,3,2) inception_c inception_e(2) gap", 0.25) == (
         "cbr(64,3,2) inception_c(0.125) inception_e(0.5) gap"
     )
@@ -65,7 +70,7 @@ def test_unknown_names_are_one_line_with_close_matches(capsys):
 def test_timm_missing_is_one_line_saying_how_to_install(monkeypatch):
     import builtins
 
-    from ssal.backbones import external
+    from ssal.backbones.families import timm_models
 
     real = builtins.__import__
     monkeypatch.setattr(
@@ -75,7 +80,7 @@ def test_timm_missing_is_one_line_saying_how_to_install(monkeypatch):
             (_ for _ in ()).throw(ImportError(name)) if name == "timm" else real(name, *a, **k)
         ),
     )
-    external._timm_entry.cache_clear()
+    timm_models.timm_entry.cache_clear()
     with pytest.raises(ValueError, match=r"pip install 'ssal\[timm\]'"):
         ssal.get_entry("timm/resnet34")
 
@@ -117,7 +122,7 @@ def test_external_backbone_from_a_config_trains_and_evaluates(name, folder, tmp_
     assert result["model"] == name and result["num_samples"] == 4
     assert len(result["branch_accuracy"]) == 2  # the two deepest default positions
     model, info = ssal.load_checkpoint(ckpt)
-    assert info["positions"] == list(ssal.get_entry(name).positions[1:])
+    assert info["positions"] == list(ssal.get_entry(name).branches.positions[1:])
     # trained at 96 x 96 (the registry's default is 224): the checkpoint says so, and an
     # ONNX export takes 96 x 96 images and predicts what the checkpoint predicts
     assert info["input_size"] == [3, 96, 96] and model.input_size == (3, 96, 96)

@@ -81,7 +81,7 @@ def test_unused_or_flat_position_errors():
 def test_gradients_reach_backbone_from_every_branch(name):
     entry = ssal.get_entry(name)
     model = ssal.create_model(name, 10, modulo_groupings(10))
-    x = torch.randn(4, *entry.input_size)
+    x = torch.randn(4, *entry.network.input_size)
     first = next(model.backbone.parameters())  # the stem: upstream of every branch
     for i in range(model.num_branches):
         model.zero_grad(set_to_none=True)

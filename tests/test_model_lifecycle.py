@@ -8,7 +8,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 import ssal
-from ssal.backbones.registry import default_groupings
+from ssal.backbones import default_groupings
 
 TINY = [n for n in ssal.list_models() if n.startswith("tiny-") or n == "small-cnn"]
 BIG = [n for n in ssal.list_models() if n not in TINY]
@@ -26,7 +26,7 @@ def external(name: str) -> str:
 def build(name: str) -> ssal.SSALModel:
     entry = ssal.get_entry(name)
     classes = 1000 if name.endswith("imagenet") else 100 if name not in TINY else 10
-    sizes = entry.paper_groups if max(entry.paper_groups) < classes else (2, 3, 5)
+    sizes = entry.paper.groups if max(entry.paper.groups) < classes else (2, 3, 5)
     return ssal.create_model(name, classes, default_groupings(classes, sizes))
 
 

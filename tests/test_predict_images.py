@@ -213,24 +213,6 @@ def test_schema_1_checkpoints_still_load_with_their_preprocessing(tmp_path):
         }
 
 
-def test_schema_2_checkpoints_load_with_the_names_of_their_time(tmp_path, monkeypatch):
-    """A name that builds another network since schema 3 (the paper's names now build the
-    authors' networks) loads old checkpoints with the name that builds what it built then."""
-    from ssal.backbones import registry
-
-    path = write_checkpoint(tmp_path, "old", in_channels=1, size=28, branches=True)
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["ssal"].update(schema=2, model="old-cnn")
-    torch.save(ckpt, path)
-    monkeypatch.setitem(registry.LEGACY_NAMES, "old-cnn", "small-cnn")
-    model, info = load_checkpoint(path)
-    assert info["model"] == "small-cnn" and model.num_branches == 2
-    ckpt["ssal"]["schema"] = 3
-    torch.save(ckpt, path)
-    with pytest.raises(ValueError, match="unknown model 'old-cnn'"):
-        load_checkpoint(path)
-
-
 def test_describe_predictions_by_hand():
     fine = torch.tensor([[3.0, 0.0, 0.0, 0.0]])
     b = torch.tensor([[0.0, 2.0]])  # says group 1 = {classes 2, 3}; class 0 is in group 0

@@ -4,7 +4,7 @@ Auxiliary branches at intermediate depths predict coarse groupings of the classe
 the classifier's own confusions; all heads combine at inference (joint prediction).
 """
 
-from ssal.backbones.registry import create_model, get_entry, list_models
+from ssal.backbones import create_model, get_entry, list_models
 from ssal.checkpoint import load_checkpoint
 from ssal.grouping import (
     Grouping,

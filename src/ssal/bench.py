@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssal.backbones.registry import create_model, default_groupings, get_entry
+from ssal.backbones import create_model, default_groupings, get_entry
 from ssal.data.arrays import ImageArrays
 from ssal.data.in_memory import InMemoryDataModule
 from ssal.grouping import save_groupings
@@ -423,8 +423,8 @@ def run_bench(
         result["decode_on_device"] = decode_on_device if image_folder else None
         result.update(_reference_speed(setup, groupings, reference, reference_workers, result))
     entry = get_entry(model)
-    if entry.paper_run and not layouts and not input_size:
-        epochs, n_train, n_test = entry.paper_run
+    if entry.paper.run and not layouts and not input_size:
+        epochs, n_train, n_test = entry.paper.run
         epoch_s = n_train / result["train_images_per_s"] + n_test / result["eval_images_per_s"]
         result["paper_run"] = {"epochs": epochs, "train_images": n_train, "test_images": n_test}
         result["projected_epoch_s"] = epoch_s
@@ -460,7 +460,7 @@ def _make_setup(
     if steps < 1 or warmup < 1 or batch < 1:
         raise ValueError("steps, warmup and batch size must be >= 1")
     entry = get_entry(model)
-    shape = tuple(input_size or entry.input_size)
+    shape = tuple(input_size or entry.network.input_size)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input size must be C H W, all >= 1, got {shape}")
     classes = num_classes or (

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ssal.backbones.registry import LEGACY_NAMES, create_model
+from ssal.backbones import create_model
 from ssal.data.transforms import eval_resize
 from ssal.files import read_json, write_json
 from ssal.grouping import Grouping
@@ -46,8 +46,7 @@ CHECKPOINT_KEY = "ssal"
 EXPORT_WEIGHTS, EXPORT_INFO, EXPORT_ONNX = "model.safetensors", "ssal.json", "model.onnx"
 SCHEMA_VERSION = 3
 _LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
-# version 3: the paper's model names build the authors' networks (LEGACY_NAMES: what they
-# built before)
+# version 3: the paper's model names build the authors' networks
 
 
 def describe_model(
@@ -281,17 +280,6 @@ def check_description(path: str | Path, info: Any) -> list[Grouping]:
     return groupings
 
 
-def _current_name(info: Any) -> Any:
-    """A description of schema 2 or older with its model named as today (``LEGACY_NAMES``:
-    the paper's names build the authors' networks since schema 3)."""
-    if not isinstance(info, dict) or not isinstance(info.get("model"), str):
-        return info
-    schema = info.get("schema", 1)
-    if isinstance(schema, int) and schema < 3:
-        return {**info, "model": LEGACY_NAMES.get(info["model"], info["model"])}
-    return info
-
-
 def _model_of(
     path: Path, info: dict[str, Any], state_dict: Any
 ) -> tuple[SSALModel, list[Grouping]]:
@@ -335,8 +323,7 @@ def load_checkpoint(
 ) -> tuple[SSALModel, dict[str, Any]]:
     """Rebuild the trained ``SSALModel`` from a checkpoint or an ``ssal export`` folder.
 
-    Returns the model (eval mode) and its description: model name (for checkpoints of schema 2
-    and older, the name that builds what their name built then), ``groupings`` (as
+    Returns the model (eval mode) and its description: model name, ``groupings`` (as
     ``Grouping``), alpha, class names, ``preprocessing`` and data settings, epoch and step.
     A description or weights that do not fit raise ``ValueError`` naming the file, before
     anything the size of the description's claims is allocated.
@@ -348,8 +335,8 @@ def load_checkpoint(
     else:
         ckpt = read_checkpoint(path, map_location)
         info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
-    model, groupings = _model_of(path, _current_name(info), state_dict)
-    info = _current_name(dict(info))
+    model, groupings = _model_of(path, info, state_dict)
+    info = dict(info)
     info["preprocessing"] = preprocessing_of(info)
     info["groupings"] = groupings
     info["epoch"] = ckpt.get("epoch", info.get("epoch"))

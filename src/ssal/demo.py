@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ssal.backbones.registry import get_entry
+from ssal.backbones import get_entry
 from ssal.callbacks import log_interval, use_loss_progress_bar
 from ssal.checkpoint import set_checkpoint_alpha
 from ssal.data.in_memory import InMemoryDataModule
@@ -139,7 +139,7 @@ def _baseline_and_groupings(
     base_ckpt, base_time = _train(base, dm, out / "baseline", epochs, quiet)
     say("[2/4] grouping the classes from the baseline's held-out confusion")
     groupings, _ = groupings_from_model(
-        base.net, dm, entry.paper_groups, "similar", seed=seed, device=device, track=track
+        base.net, dm, entry.paper.groups, "similar", seed=seed, device=device, track=track
     )
     path = save_groupings(out / "groupings.json", groupings, dm.class_names)
     for g in groupings:

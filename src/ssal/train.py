@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ssal.backbones.registry import create_model, get_entry
+from ssal.backbones import create_model, get_entry
 from ssal.checkpoint import (  # load/read/export: here too for code written before 0.2
     CHECKPOINT_KEY,
     describe_model,
@@ -107,7 +107,7 @@ class SSALModule(L.LightningModule):
         decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
         self.save_hyperparameters()
         self.entry = get_entry(model)
-        self.alpha = self.entry.alpha if alpha is None else float(alpha)
+        self.alpha = self.entry.branches.alpha if alpha is None else float(alpha)
         self.class_names: list[str] | None = None
         self.preprocessing: dict[str, Any] | None = None
         self.data_config: dict[str, Any] | None = None

@@ -1,4 +1,5 @@
-"""timm and torchvision backbones by name: ``timm/<name>`` and ``torchvision/<name>``.
+"""What the timm and torchvision families share (``timm/<name>``, ``torchvision/<name>``, in
+``ssal.backbones.families``): default positions, scaled layouts and published weights.
 
 ``ssal.create_model("timm/convnext_tiny", 10, groupings)`` builds timm's model (or
 torchvision's, with ``torchvision/resnet18``) with ``num_classes`` outputs and attaches SSAL
@@ -11,20 +12,28 @@ small backbone gets small branches. timm is optional (``pip install 'ssal[timm]'
 
 from __future__ import annotations
 
-import difflib
-import functools
 import os
-import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
-from ssal.backbones.registry import IMAGENET_LAYOUTS, ModelEntry, register_family
+from ssal.backbones.entry import ModelEntry, Network
+from ssal.backbones.families.imagenet import IMAGENET_BRANCHES, IMAGENET_LAYOUTS, IMAGENET_PAPER
 from ssal.layouts import Block, parse_layout
 
-__all__ = ["scale_layout", "stage_positions"]
+__all__ = [
+    "DEFAULT_INPUT",
+    "build_published",
+    "external_entry",
+    "import_timm",
+    "quarter_stages",
+    "scale_layout",
+    "stage_positions",
+]
 
 RESNET50_WIDTHS = (256, 512, 1024)  # ResNet-50's channels after stages 1-3, where its branches read
 _WIDTH_ARG = {"cbr": 256.0, "inception_c": 0.5, "inception_d": 0.5, "inception_e": 1.0}
@@ -46,7 +55,7 @@ def scale_layout(layout: str, factor: float) -> str:
     return " ".join(out)
 
 
-def _quarters(stages: Sequence[str]) -> list[str]:
+def quarter_stages(stages: Sequence[str]) -> list[str]:
     """The stages at about 1/4, 1/2 and 3/4 of the depth (the first three of four)."""
     n = len(stages)
     if n < 3:
@@ -115,32 +124,24 @@ def _layouts(widths: Sequence[int]) -> tuple[str, ...]:
     )
 
 
-def _entry(
+def external_entry(
     name: str,
-    build: Callable[..., nn.Module],
-    pretrained_build: Callable[..., nn.Module],
-    positions: list[str],
-    widths: list[int],
-    input_size: tuple[int, int, int],
+    network: Network,
+    positions: Sequence[str],
+    widths: Sequence[int],
     description: str,
 ) -> ModelEntry:
+    """The entry of a timm or torchvision backbone: branches at ``positions`` (channels
+    ``widths``) with the authors' ImageNet layouts scaled to those widths, the ImageNet
+    branches' weights and alpha, and the ImageNet setting (1000 classes, 200/334/500 groups)."""
+    branches = replace(IMAGENET_BRANCHES, positions=tuple(positions), layouts=_layouts(widths))
     return ModelEntry(
-        name=name,
-        build=build,
-        input_size=input_size,
-        positions=tuple(positions),
-        layouts=_layouts(widths),
-        weights=(1.0, 1.0, 1.0),
-        alpha=0.3,
-        paper_positions=((1, -1), (2, -1), (3, -1)),
-        paper_groups=(200, 334, 500),
-        description=description,
-        pretrained_build=pretrained_build,
+        name=name, network=network, branches=branches, paper=IMAGENET_PAPER, description=description
     )
 
 
-# ------------------------------------------------------------------------------- timm
-def _timm() -> object:
+def import_timm() -> ModuleType:
+    """timm, or a ``ValueError`` saying how to install it (it is optional)."""
     try:
         import timm
     except ImportError:
@@ -150,91 +151,7 @@ def _timm() -> object:
     return timm
 
 
-@functools.lru_cache(maxsize=64)
-def _timm_entry(model_name: str) -> ModelEntry:
-    timm = _timm()
-    known = timm.list_models()
-    if model_name not in known and model_name.split(".")[0] not in known:
-        close = difflib.get_close_matches(model_name, known, n=3)
-        hint = f"; did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
-        raise ValueError(f"timm has no model {model_name!r}{hint}")
-
-    def build(num_classes: int, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
-        return timm.create_model(
-            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels
-        )
-
-    with torch.device("meta"):
-        probe = build(1000)
-    stages = [f for f in probe.feature_info if f["reduction"] >= 4]
-    picked = _quarters([f["module"] for f in stages])
-    widths = [next(f["num_chs"] for f in stages if f["module"] == p) for p in picked]
-    size = tuple(probe.pretrained_cfg.get("input_size", DEFAULT_INPUT))
-    return _entry(
-        f"timm/{model_name}",
-        build,
-        functools.partial(
-            _published, f"timm/{model_name}", lambda **kw: build(**kw, pretrained=True)
-        ),
-        picked,
-        widths,
-        size,  # type: ignore[arg-type]
-        f"timm's {model_name}; branches after {', '.join(picked)}",
-    )
-
-
-# ------------------------------------------------------------------------ torchvision
-@functools.lru_cache(maxsize=64)
-def _torchvision_entry(model_name: str) -> ModelEntry:
-    import torchvision
-
-    known = torchvision.models.list_models(module=torchvision.models)
-    if model_name not in known:
-        close = difflib.get_close_matches(model_name, known, n=3)
-        hint = f"; did you mean {', '.join('torchvision/' + c for c in close)}?" if close else ""
-        raise ValueError(f"torchvision has no classification model {model_name!r}{hint}")
-
-    def build(num_classes: int, in_channels: int = 3, weights: str | None = None) -> nn.Module:
-        if in_channels != 3:
-            raise ValueError(f"torchvision/{model_name} takes 3-channel images, not {in_channels}")
-        if weights is None:
-            return torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
-        model = torchvision.models.get_model(model_name, weights=weights)
-        _replace_head(model, num_classes)
-        return model
-
-    try:
-        with torch.device("meta"):
-            probe = build(1000)
-    except (NotImplementedError, RuntimeError):  # builders that compute with tensors (regnet)
-        probe = build(1000)
-    names, channels = stage_positions(probe, DEFAULT_INPUT)
-    picked = _quarters(names)
-    widths = [channels[names.index(p)] for p in picked]
-    return _entry(
-        f"torchvision/{model_name}",
-        build,
-        functools.partial(
-            _published, f"torchvision/{model_name}", lambda **kw: build(**kw, weights="DEFAULT")
-        ),
-        picked,
-        widths,
-        DEFAULT_INPUT,
-        f"torchvision's {model_name}; branches after {', '.join(picked)}",
-    )
-
-
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """A fresh last linear layer with ``num_classes`` outputs (published weights have 1000)."""
-    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    name, linear = last
-    if linear.out_features == num_classes:
-        return
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(linear.in_features, num_classes))
-
-
-def _published(name: str, build: Callable[..., nn.Module], **kwargs: object) -> nn.Module:
+def build_published(name: str, build: Callable[..., nn.Module], **kwargs: object) -> nn.Module:
     """Build with the published weights (from the library's local cache, or downloaded); one
     clear line naming the file where it is missing and cannot be downloaded."""
     try:
@@ -268,7 +185,7 @@ def _weights_source(name: str) -> tuple[str, str | None, list[Path]]:
             return str(file), url, [file]
         from huggingface_hub import constants, try_to_load_from_cache
 
-        cfg = _timm().models.get_pretrained_cfg(model_name)
+        cfg = import_timm().models.get_pretrained_cfg(model_name)
         if cfg is not None and cfg.hf_hub_id:
             where = f"{constants.HF_HUB_CACHE} (Hugging Face repository {cfg.hf_hub_id})"
             names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -297,15 +214,3 @@ def _cached_or_reachable(name: str) -> bool:
     except (OSError, UnicodeError):
         return False
     return True
-
-
-@register_family(r"timm/([\w.\-]+)", "timm/resnet18", listed=False, shown="timm/NAME")
-def _timm_family(m: re.Match) -> ModelEntry:
-    return _timm_entry(m.group(1))
-
-
-@register_family(
-    r"torchvision/(\w+)", "torchvision/resnet18", listed=False, shown="torchvision/NAME"
-)
-def _torchvision_family(m: re.Match) -> ModelEntry:
-    return _torchvision_entry(m.group(1))

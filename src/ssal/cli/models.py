@@ -37,7 +37,7 @@ def _millions(a: int | None, b: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssal.backbones.registry import list_families, list_models, model_summary
+    from ssal.backbones import list_families, list_models, model_summary
 
     rows = [model_summary(name, args.num_classes, args.groups) for name in list_models()]
     families = [
