@@ -57,11 +57,38 @@ def imports() -> dict[str, list[ast.AST]]:
 
 
 def imported(node: ast.AST) -> list[str]:
+    """Modules ``node`` imports: ``import x``, ``from x import y``, and imports by name with a
+    constant string, ``importlib.import_module("x")`` or ``import_module("x")``."""
     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
         return [node.module]
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
+    if isinstance(node, ast.Call) and node.args and _is_import_module(node.func):
+        first = node.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            return [first.value]
     return []
+
+
+def _is_import_module(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id == "import_module"
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "import_module"
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "importlib"
+    )
+
+
+def test_imports_by_name_are_seen():
+    tree = ast.parse(
+        "import importlib\nfrom importlib import import_module\n"
+        "importlib.import_module('ssal.a')\nimport_module('ssal.b')\n"
+        "importlib.import_module(name)\nother.import_module('ssal.c')\n"
+    )
+    found = [m for node in ast.walk(tree) for m in imported(node)]
+    assert sorted(found) == ["importlib", "importlib", "ssal.a", "ssal.b"]
 
 
 def test_layers_import_only_downwards():
@@ -77,7 +104,14 @@ def test_layers_import_only_downwards():
     assert not wrong
 
 
-def test_no_import_cycles_and_no_private_names():
+# predict.py's deprecated aliases import ssal.inference by name, and inference imports
+# predict: a cycle, removed with those aliases. Until then the cycle check passes over this
+# one edge; test_no_known_cycle_edges_left fails (strict xfail) once it is gone.
+KNOWN_CYCLE_EDGES = {("ssal.predict", "ssal.inference")}
+
+
+def import_graph() -> tuple[dict[str, set[str]], list[str]]:
+    """Which ``ssal`` modules each module imports, and the private names imported."""
     graph: dict[str, set[str]] = {}
     private = []
     for mod, nodes in imports().items():
@@ -92,12 +126,17 @@ def test_no_import_cycles_and_no_private_names():
                     for a in node.names
                     if a.name.startswith("_") and not a.name.startswith("__")
                 ]
-    assert not private
+    return graph, private
+
+
+def assert_no_cycles(graph: dict[str, set[str]], skip: set[tuple[str, str]]) -> None:
     state: dict[str, int] = {}
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
         for n in graph.get(m, ()):
+            if (m, n) in skip:
+                continue
             assert state.get(n) != 1, "import cycle: " + " -> ".join([*path, n])
             if n in graph and n not in state:
                 visit(n, [*path, n])
@@ -106,6 +145,35 @@ def test_no_import_cycles_and_no_private_names():
     for m in graph:
         if m not in state:
             visit(m, [m])
+
+
+def test_no_import_cycles_and_no_private_names():
+    graph, private = import_graph()
+    assert not private
+    assert_no_cycles(graph, KNOWN_CYCLE_EDGES)
+
+
+@pytest.mark.xfail(strict=True, reason="predict.py's aliases of ssal.inference (see above)")
+def test_no_known_cycle_edges_left():
+    assert_no_cycles(import_graph()[0], set())
+
+
+def test_the_backbone_registry_knows_no_builder():
+    """As ARCHITECTURE.md says of backbones/: names to entries apart from building them."""
+    graph, _ = import_graph()
+    inside = {m: {t for t in ts if t.startswith("ssal.backbones.")} for m, ts in graph.items()}
+    wrong = [
+        f"{m} imports {t}"
+        for m in ("ssal.backbones.entry", "ssal.backbones.registry")
+        for t in inside[m] - {"ssal.backbones.entry"}
+    ]
+    wrong += [
+        f"{m} imports {t}"
+        for m, targets in inside.items()
+        if m.startswith("ssal.backbones.families")
+        for t in targets & {"ssal.backbones.factory", "ssal.backbones.summary"}
+    ]
+    assert not wrong
 
 
 def test_no_function_over_80_lines():
