@@ -217,6 +217,7 @@ def _resolve_last(cfg: Any) -> None:
     args.version = version
     if "ResumableCSVLogger" in str(logger.get("class_path")):
         args.resume_step = int(ckpt.get("global_step", 0))
+        args.resume_epoch = int(ckpt.get("epoch", 0))
     cfg.ckpt_path = str(path)
     step = int(ckpt.get("global_step", 0))
     log.log(NOTE, "resuming from %s (after epoch %s, step %d)", path, ckpt.get("epoch"), step)
