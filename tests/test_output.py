@@ -194,7 +194,7 @@ def test_runs_go_under_default_root_dir(project, tmp_path):
         (
             ["--data.init_args.batch_size", "-3"],
             "data.init_args: batch_size and eval_batch_size must be >= 1, got -3 and 512 "
-            "(config tiny.yaml)",
+            "(on the command line)",
         ),
         (
             ["--trainer.max_epoch", "1"],
@@ -214,6 +214,28 @@ def test_config_values_of_the_wrong_kind_are_one_line_in_our_words(
     assert main(["fit", "--config", "tiny.yaml", *args]) == 2
     captured = capsys.readouterr()
     assert captured.err == f"ssal: error: {error}\n" and captured.out == ""
+
+
+@pytest.mark.parametrize("where", ["command line", "config"])
+def test_a_bad_data_dir_is_placed_where_it_was_given(project, where, capsys, monkeypatch):
+    from ssal.cli import main
+
+    monkeypatch.chdir(project)
+    config = "tiny.yaml"
+    args = ["--data.init_args.data_dir", "nowhere"]
+    if where == "config":
+        Path("other.yaml").write_text(
+            Path(config).read_text().replace(f"data_dir: {project / 'data'}", "data_dir: nowhere")
+        )
+        config, args = "other.yaml", []
+        assert "nowhere" in Path(config).read_text()
+    assert main(["fit", "--config", config, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and len(err.splitlines()) == 1
+    if where == "config":
+        assert err.endswith("(config other.yaml)")
+    else:
+        assert err.endswith("(on the command line)") and "tiny.yaml" not in err
 
 
 def run_on_a_terminal(args: list[str], cwd: Path, columns: int = 100) -> tuple[int, str]:
