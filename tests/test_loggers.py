@@ -28,7 +28,7 @@ def write_metrics(folder) -> None:
 def rows_after_resume(tmp_path, **resume) -> list[tuple[str, str]]:
     write_metrics(tmp_path / "ssal" / "version_0")
     logger = ResumableCSVLogger(tmp_path, name="ssal", version=0, **resume)
-    logger.experiment  # opens the run's metrics.csv the way a resumed fit does
+    assert logger.experiment is not None  # opens metrics.csv the way a resumed fit does
     with open(tmp_path / "ssal/version_0/metrics.csv") as f:
         return [(r["epoch"], r["step"]) for r in csv.DictReader(f)]
 
