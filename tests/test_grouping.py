@@ -232,3 +232,38 @@ def test_authors_label_file_errors(tmp_path, text, classes, match):
         read_label_file(path, classes)
     with pytest.raises(FileNotFoundError, match="groupings file not found"):
         read_label_file(tmp_path / "missing.txt")
+
+
+def test_groupings_for_other_or_reordered_class_names_are_refused(tmp_path):
+    from ssal.grouping import check_class_names
+
+    names = [f"class{c}" for c in range(10)]
+    gs = [Grouping(np.arange(10) % 2, name="two"), Grouping(np.arange(10) % 5, name="five")]
+    path = save_groupings(tmp_path / "g.json", gs, names[::-1])
+    loaded, _ = load_groupings(path, num_classes=10)
+    with pytest.raises(ValueError) as e:
+        check_class_names(loaded, names)
+    assert str(e.value).startswith(f"{path}: class 0 is 'class9' there but 'class0' in the data;")
+    check_class_names(loaded, names[::-1])  # the order they were made for
+    check_class_names(loaded, None)  # data without names: only the count is checked
+    labels = write_label_file(tmp_path / "labels.txt", np.arange(10) % 2)
+    check_class_names(load_groupings(labels, 10)[0], names)  # text files name no classes
+    assert [g.to_dict() for g in loaded] == [g.to_dict() for g in gs]  # names stay out
+
+
+def test_fit_refuses_groupings_made_for_other_classes(tmp_path, capsys):
+    from ssal.cli import main
+    from tests.conftest import write_tiny_config
+    from tests.test_data import CIFAR100_FINE, write_cifar100
+
+    write_cifar100(tmp_path / "data", n_train=40, n_test=10)
+    names = [n.decode() for n in CIFAR100_FINE]
+    g = Grouping(np.arange(100) % 20, name="given-20")
+    path = save_groupings(tmp_path / "g.json", [g], names[::-1])
+    config = write_tiny_config(
+        tmp_path / "c.yaml", tmp_path / "data", model={"groupings": str(path)}
+    )
+    assert main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "class 0 is 'fine_99' there but 'fine_00' in the data" in err[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))

@@ -194,12 +194,12 @@ def test_runs_go_under_default_root_dir(project, tmp_path):
         (
             ["--data.init_args.batch_size", "-3"],
             "data.init_args: batch_size and eval_batch_size must be >= 1, got -3 and 512 "
-            "(config tiny.yaml)",
+            "(on the command line)",
         ),
         (
             ["--trainer.max_epoch", "1"],
             "unknown key trainer.max_epoch on the command line; did you mean "
-            "trainer.max_epochs or trainer.min_epochs? (see ssal fit --help)",
+            "trainer.max_epochs? (see ssal fit --help)",
         ),
     ],
 )
@@ -214,6 +214,57 @@ def test_config_values_of_the_wrong_kind_are_one_line_in_our_words(
     assert main(["fit", "--config", "tiny.yaml", *args]) == 2
     captured = capsys.readouterr()
     assert captured.err == f"ssal: error: {error}\n" and captured.out == ""
+
+
+FOLDER_CONFIG = """trainer: {max_epochs: 1, accelerator: cpu}
+data:
+  class_path: ssal.data.ImageFolderDataModule
+  init_args: {data_dir: images, KEY: 64}
+model: {model: small-cnn}
+"""
+
+
+@pytest.mark.parametrize(
+    "key, hint",
+    [
+        ("imagesize", "; did you mean data.init_args.image_size? (see ssal fit --help)"),
+        (  # a key of another datamodule: never suggested as if it were this one's
+            "train_size",
+            " (ssal.data.ImageFolderDataModule takes no train_size; "
+            "ssal.data.InMemoryDataModule does) (see ssal fit --help)",
+        ),
+    ],
+)
+def test_unknown_keys_get_suggestions_from_the_class_in_use(tmp_path, key, hint, capsys):
+    from ssal.cli import main
+
+    config = tmp_path / "folder.yaml"
+    config.write_text(FOLDER_CONFIG.replace("KEY", key))
+    assert main(["fit", "--config", str(config)]) == 2
+    expected = f"ssal: error: unknown key data.init_args.{key} in {config}{hint}\n"
+    assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize("where", ["command line", "config"])
+def test_a_bad_data_dir_is_placed_where_it_was_given(project, where, capsys, monkeypatch):
+    from ssal.cli import main
+
+    monkeypatch.chdir(project)
+    config = "tiny.yaml"
+    args = ["--data.init_args.data_dir", "nowhere"]
+    if where == "config":
+        Path("other.yaml").write_text(
+            Path(config).read_text().replace(f"data_dir: {project / 'data'}", "data_dir: nowhere")
+        )
+        config, args = "other.yaml", []
+        assert "nowhere" in Path(config).read_text()
+    assert main(["fit", "--config", config, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and len(err.splitlines()) == 1
+    if where == "config":
+        assert err.endswith("(config other.yaml)")
+    else:
+        assert err.endswith("(on the command line)") and "tiny.yaml" not in err
 
 
 def run_on_a_terminal(args: list[str], cwd: Path, columns: int = 100) -> tuple[int, str]:

@@ -281,3 +281,21 @@ def test_predict_names_a_pattern_that_matches_nothing(tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path, "grey")
     assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "*.png")]) == 2
     assert capsys.readouterr().err.strip() == f"ssal: error: no file matches {tmp_path / '*.png'}"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".json"])
+def test_predict_that_reads_no_image_writes_no_file(tmp_path, capsys, suffix):
+    ckpt = write_checkpoint(tmp_path, "m")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / f"preds{suffix}"
+    args = ["predict", "--checkpoint", str(ckpt), str(bad), "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "ssal: error: none of the 1 images could be read"
+    )
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    out.write_text("earlier predictions\n")  # a failed run keeps what was there
+    assert main(args) == 2
+    assert out.read_text() == "earlier predictions\n"

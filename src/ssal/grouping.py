@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +25,7 @@ __all__ = [
     "CIFAR100_CLASSES",
     "CIFAR100_SUPERCLASSES",
     "Grouping",
+    "check_class_names",
     "check_assignment",
     "cifar100_superclasses",
     "group_classes",
@@ -166,12 +167,19 @@ def check_assignment(
 
 @dataclass(frozen=True)
 class Grouping:
-    """One partition of the classes: ``assignment[c]`` is the group of class ``c``."""
+    """One partition of the classes: ``assignment[c]`` is the group of class ``c``.
+
+    ``class_names`` and ``source``: the names of the classes, in order, and the file, where
+    the grouping was read from a file that names them (``check_class_names`` holds them
+    against the data's); neither takes part in comparisons or ``to_dict``.
+    """
 
     assignment: np.ndarray
     name: str = ""
     mode: str = "given"
     num_groups: int = field(default=0)
+    class_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+    source: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         a = check_assignment(
@@ -312,10 +320,39 @@ def _json_groupings(
             raise ValueError(f"{path}: grouping {i} has no 'assignment'")
         label = f"{path}: grouping {str(entry.get('name', i))[:60]!r}"
         a = check_assignment(entry["assignment"], c, entry.get("num_groups"), what=label)
-        out.append(Grouping.from_dict(entry, a))
+        g = Grouping.from_dict(entry, a)
+        if names is not None:
+            g = replace(g, class_names=tuple(names), source=str(path))
+        out.append(g)
     if not out:
         raise ValueError(f"{path}: holds no groupings")
     return out, names
+
+
+def check_class_names(groupings: Sequence[Grouping], class_names: Sequence[str] | None) -> None:
+    """Refuse groupings read from a file that names other classes, or the same classes in
+    another order, than the data (``class_names``): their branches would learn groups of the
+    wrong classes. Files that name no classes (the authors' text files) pass: only the count
+    is known there. ``ValueError`` naming the file and the first class that differs."""
+    if class_names is None:
+        return
+    for g in groupings:
+        if g.class_names is None or list(g.class_names) == list(class_names):
+            continue
+        if len(g.class_names) != len(class_names):
+            raise ValueError(
+                f"{g.source}: names {len(g.class_names)} classes, the data {len(class_names)}"
+            )
+        i, ours, theirs = next(
+            (i, a, b)
+            for i, (a, b) in enumerate(zip(g.class_names, class_names, strict=True))
+            if a != b
+        )
+        raise ValueError(
+            f"{g.source}: class {i} is {ours!r} there but {theirs!r} in the data; these "
+            "groupings were made for other classes or another order (make them for this data "
+            "with ssal group)"
+        )
 
 
 def _cifar100_tables() -> tuple[list[str], list[str], np.ndarray]:

@@ -217,6 +217,7 @@ def _resolve_last(cfg: Any) -> None:
     args.version = version
     if "ResumableCSVLogger" in str(logger.get("class_path")):
         args.resume_step = int(ckpt.get("global_step", 0))
+        args.resume_epoch = int(ckpt.get("epoch", 0))
     cfg.ckpt_path = str(path)
     step = int(ckpt.get("global_step", 0))
     log.log(NOTE, "resuming from %s (after epoch %s, step %d)", path, ckpt.get("epoch"), step)
@@ -335,19 +336,49 @@ def _keys_of(cls: Any, prefix: str) -> list[str]:
     return [f"{prefix}{n}" for n, p in params.items() if p.kind in kinds and n != "self"]
 
 
-def known_keys() -> list[str]:
-    """Every key a config may set: trainer, model, checkpoint, data (ssal's datamodules)."""
+def _datamodule_classes(class_path: str | None = None) -> dict[str, Any]:
+    """ssal's datamodule classes by public class path: all of them, or the one ``class_path``
+    names (a full path, or a class name as ``--data`` takes it)."""
     import importlib
 
     from ssal.data.registry import DATAMODULES
 
+    found = {}
+    for path, (module, name) in DATAMODULES.items():
+        if class_path is None or class_path in (path, name):
+            found[path] = getattr(importlib.import_module(module), name)
+    return found
+
+
+def known_keys(class_path: str | None = None) -> list[str]:
+    """Every key a config may set: trainer, model, checkpoint, data (the datamodule
+    ``class_path`` names, or any of ssal's when it is not known)."""
     keys = ["seed_everything", "ckpt_path", "config", "trainer", "model", "data", "checkpoint"]
     keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.")
     keys += _keys_of(LastAndBestCheckpoint, "checkpoint.")
-    for module, name in DATAMODULES.values():
-        cls = getattr(importlib.import_module(module), name)
+    for cls in (_datamodule_classes(class_path) or _datamodule_classes()).values():
         keys += _keys_of(cls, "data.init_args.") + _keys_of(cls, "data.")
     return sorted(set(keys))
+
+
+def _data_class_path(argv: Sequence[str]) -> str | None:
+    """The datamodule a command uses: ``--data X`` / ``--data.class_path X`` on the command
+    line, else the last config file that names one."""
+    import yaml
+
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--data", "--data.class_path") and not argv[i + 1].startswith("-"):
+            return argv[i + 1]
+    found = None
+    for path in config_files(argv):
+        try:
+            doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("class_path"), str):
+            found = data["class_path"]
+    return found
 
 
 def _source(key: str, argv: Sequence[str]) -> str:
@@ -360,9 +391,27 @@ def _source(key: str, argv: Sequence[str]) -> str:
     return f"in {', '.join(named or configs)}" if configs else "in the config"
 
 
-def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, known_keys(), n=2, cutoff=0.75)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+def _did_you_mean(key: str, argv: Sequence[str] = ()) -> str:
+    """For an unknown key: which other of ssal's datamodules takes it, or close keys of the
+    classes in use (the same parent, never the key itself)."""
+    class_path = _data_class_path(argv)
+    parent, _, leaf = key.rpartition(".")
+    if parent in ("data", "data.init_args") and class_path:
+        takers = {
+            c: p for p, c in _datamodule_classes().items() if f"data.{leaf}" in _keys_of(c, "data.")
+        }
+        if takers:
+            verb = "does" if len(takers) == 1 else "do"
+            return (
+                f" ({class_path} takes no {leaf}; {' and '.join(sorted(takers.values()))} {verb})"
+            )
+    siblings = {
+        k.rpartition(".")[2]: k
+        for k in known_keys(class_path)
+        if k != key and k.rpartition(".")[0] == parent
+    }
+    close = difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.75)
+    return f"; did you mean {' or '.join(siblings[c] for c in close)}?" if close else ""
 
 
 def _unknown_key(message: str) -> str | None:
@@ -387,7 +436,8 @@ def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
     if key:
         where = _source(key, argv)
         return ConfigError(
-            f"unknown key {key} {where}{_did_you_mean(key)} (see ssal {command} --help)", True
+            f"unknown key {key} {where}{_did_you_mean(key, argv)} (see ssal {command} --help)",
+            True,
         )
     bad = re.search(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if bad:

@@ -24,7 +24,7 @@ from ssal.checkpoint import (  # load/read/export: here too for code written bef
     load_checkpoint,
     read_checkpoint,
 )
-from ssal.grouping import Grouping, groupings_from_spec
+from ssal.grouping import Grouping, check_class_names, groupings_from_spec
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
@@ -186,6 +186,7 @@ class SSALModule(L.LightningModule):
                 f"{self.hparams.num_classes}; set --model.num_classes {dm.num_classes}"
             )
         self.class_names = list(dm.class_names)
+        check_class_names(self.groupings, self.class_names)
         self.preprocessing = dm.preprocessing()
         self.data_config = dm.describe()
         size = getattr(dm, "image_size", None)

@@ -48,11 +48,37 @@ def _names_its_file(message: str) -> bool:
         return False
 
 
+def _command_line_values(argv: list[str]) -> list[tuple[str, str]]:
+    """The ``--key value`` and ``--key=value`` pairs of ``argv`` other than ``--config``."""
+    pairs = []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or arg in ("--config", "--print_config"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+        if key and key != "config":
+            pairs.append((key, value))
+    return pairs
+
+
+def _about_command_line(message: str, argv: list[str]) -> bool:
+    """Whether ``message`` is about a value given on the command line: it names the option's
+    last part (``batch_size``) or quotes its value (a path, a name)."""
+    return any(
+        key.rsplit(".", 1)[-1] in message or (len(value) >= 3 and value in message)
+        for key, value in _command_line_values(argv)
+    )
+
+
 def _with_configs(message: str, argv: list[str]) -> str:
-    """``message`` with the config files of the run it came from, unless it names them or
-    the file it is about."""
+    """``message`` with where its value came from: the command line, where it is about a
+    value given there, or else the config files of the run, unless it names them or the file
+    it is about."""
     from ssal.lightning_cli import config_files
 
+    if _about_command_line(message, argv):
+        return message if "on the command line" in message else f"{message} (on the command line)"
     if _names_its_file(message):
         return message
     configs = [str(c) for c in config_files(argv) if str(c) not in message]

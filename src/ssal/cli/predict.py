@@ -125,8 +125,9 @@ def _predict(
 
 
 def _write(out: Path, head: dict, records: Iterator[dict[str, Any]]) -> int:
-    """Stream ``records`` into ``out`` (through a temporary file: a failed run leaves no
-    half-written file); returns how many were written."""
+    """Stream ``records`` into ``out`` (through a temporary file: a failed run, or one with
+    nothing to write, leaves no file and an earlier ``out`` as it was); returns how many were
+    written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     count = 0
@@ -142,7 +143,8 @@ def _write(out: Path, head: dict, records: Iterator[dict[str, Any]]) -> int:
                 for r in records:
                     write(r)
                     count += 1
-        tmp.replace(out)
+        if count:
+            tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     return count
