@@ -77,9 +77,9 @@ def _with_configs(message: str, argv: list[str]) -> str:
     it is about."""
     from ssal.lightning_cli import config_files
 
-    if _about_command_line(message, argv):
-        return message if "on the command line" in message else f"{message} (on the command line)"
     if _names_its_file(message):
         return message
+    if _about_command_line(message, argv):
+        return message if "on the command line" in message else f"{message} (on the command line)"
     configs = [str(c) for c in config_files(argv) if str(c) not in message]
     return f"{message} (config {', '.join(configs)})" if configs else message
