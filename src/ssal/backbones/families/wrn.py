@@ -88,29 +88,30 @@ def wrn28_10() -> ModelEntry:
     )
 
 
+def _standard_entry(m: re.Match, se: bool) -> ModelEntry:
+    """WRN-DEPTH-WIDTH or, with ``se``, SE-WRN-DEPTH-WIDTH: pre-activation, the paper's branches."""
+    depth, width = int(m.group(1)), int(m.group(2))
+    kind = "SE-WRN" if se else "WRN"
+    extra = ", squeeze-excitation ratio 16" if se else ""
+    return ModelEntry(
+        name=m.group(0),
+        network=Network(
+            partial(WideResNet, depth, width, **(STANDARD_SE if se else {})), CIFAR_INPUT
+        ),
+        branches=wrn_branches(depth),
+        paper=Paper(wrn_positions(depth)),
+        description=f"{kind}-{depth}-{width}, pre-activation{extra}",
+        reference=STANDARD,
+    )
+
+
 @register_family(r"wrn-(\d+)-(\d+)", "wrn-28-10", shown="wrn-DEPTH-WIDTH")
 def wrn_family(m: re.Match) -> ModelEntry:
     """WRN-DEPTH-WIDTH, pre-activation."""
-    depth, width = int(m.group(1)), int(m.group(2))
-    return ModelEntry(
-        name=m.group(0),
-        network=Network(partial(WideResNet, depth, width), CIFAR_INPUT),
-        branches=wrn_branches(depth),
-        paper=Paper(wrn_positions(depth)),
-        description=f"WRN-{depth}-{width}, pre-activation",
-        reference=STANDARD,
-    )
+    return _standard_entry(m, se=False)
 
 
 @register_family(r"sewrn-(\d+)-(\d+)", "sewrn-16-8", shown="sewrn-DEPTH-WIDTH")
 def sewrn_family(m: re.Match) -> ModelEntry:
     """SE-WRN-DEPTH-WIDTH, pre-activation, squeeze-excitation ratio 16."""
-    depth, width = int(m.group(1)), int(m.group(2))
-    return ModelEntry(
-        name=m.group(0),
-        network=Network(partial(WideResNet, depth, width, **STANDARD_SE), CIFAR_INPUT),
-        branches=wrn_branches(depth),
-        paper=Paper(wrn_positions(depth)),
-        description=f"SE-WRN-{depth}-{width}, pre-activation, squeeze-excitation ratio 16",
-        reference=STANDARD,
-    )
+    return _standard_entry(m, se=True)
