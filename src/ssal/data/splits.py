@@ -6,24 +6,26 @@ import math
 
 import torch
 
+from ssal.errors import UserError
+
 __all__ = ["channel_stats", "stratified_split"]
 
 
 def _heldout_count(heldout: int | float, total: int) -> int:
     if isinstance(heldout, bool) or not isinstance(heldout, (int, float)):
-        raise ValueError(f"heldout must be a count or a fraction, got {heldout!r}")
+        raise UserError(f"heldout must be a count or a fraction, got {heldout!r}")
     if not math.isfinite(heldout) or heldout < 0:
-        raise ValueError(f"heldout must be >= 0, got {heldout!r}")
+        raise UserError(f"heldout must be >= 0, got {heldout!r}")
     if heldout < 1:
         count = round(heldout * total)
     else:
         if heldout != int(heldout):
-            raise ValueError(
+            raise UserError(
                 f"heldout={heldout!r} is neither a fraction below 1 nor a whole number of samples"
             )
         count = int(heldout)
     if count >= total and count > 0:
-        raise ValueError(
+        raise UserError(
             f"heldout={heldout!r} would hold out {count} of {total} samples; leave at least one "
             "sample for training"
         )
