@@ -166,7 +166,8 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(project, tmp_path):
     assert out == ""
     lines = only_our_lines(err)
     assert (
-        lines[-1] == f"ssal: interrupted; resume with: ssal fit --config {config} --ckpt_path last"
+        lines[-1]
+        == f"ssal: interrupted; resume with: ssal fit --config {config} --ckpt_path runs/ssal/version_0"
     )
 
 
