@@ -230,3 +230,26 @@ def test_after_interrupt_names_the_run_to_resume_or_none(tmp_path):
     elsewhere.parent.mkdir()
     elsewhere.write_bytes(b"")
     assert after_interrupt(argv, run, elsewhere).endswith(f"--ckpt_path {elsewhere}")
+
+
+def test_resumable_csv_logger_keeps_the_rows_up_to_the_resume_step(tmp_path):
+    from ssal.loggers import ResumableCSVLogger
+
+    run = tmp_path / "runs/ssal/version_0"
+    run.mkdir(parents=True)
+    rows = [  # step 8: a validation row (kept) and the next epoch's learning rate (logged again)
+        {"epoch": "0", "step": "4", "train/loss": "2.0", "val/acc_fine": "", "lr": ""},
+        {"epoch": "0", "step": "8", "train/loss": "", "val/acc_fine": "0.5", "lr": ""},
+        {"epoch": "", "step": "8", "train/loss": "", "val/acc_fine": "", "lr": "0.1"},
+        {"epoch": "1", "step": "12", "train/loss": "1.5", "val/acc_fine": "", "lr": ""},
+    ]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    logger = ResumableCSVLogger(str(tmp_path / "runs"), name="ssal", version=0, resume_step=8)
+    logger.log_metrics({"lr": 0.1}, step=8)
+    logger.save()
+    with open(run / "metrics.csv", newline="") as f:
+        kept = [(r["step"], r["val/acc_fine"], r["lr"]) for r in csv.DictReader(f)]
+    assert kept == [("4", "", ""), ("8", "0.5", ""), ("8", "", "0.1")]

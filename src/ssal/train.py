@@ -25,6 +25,7 @@ from ssal.checkpoint import (  # load/read/export: here too for code written bef
     read_checkpoint,
 )
 from ssal.grouping import Grouping, groupings_from_spec
+from ssal.lightning_adapter import attached_trainer
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
@@ -150,7 +151,7 @@ class SSALModule(L.LightningModule):
             return []
         from ssal.callbacks import AutoGroupings
 
-        if self._trainer is not None and any(
+        if attached_trainer(self) is not None and any(
             isinstance(c, AutoGroupings) for c in self.trainer.callbacks
         ):
             return []  # the trainer's own (``out`` chosen by the user) is kept
@@ -161,7 +162,8 @@ class SSALModule(L.LightningModule):
         value = self.hparams[name]
         if value is not None:
             return bool(value)
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        trainer = attached_trainer(self)
+        device = trainer.strategy.root_device if trainer is not None else self.device
         return device.type == "cuda"
 
     def forward_net(self) -> nn.Module:
@@ -177,7 +179,7 @@ class SSALModule(L.LightningModule):
         return self.forward_net()(x)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        dm = getattr(self.trainer, "datamodule", None) if attached_trainer(self) else None
         if dm is None:
             return
         if getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
