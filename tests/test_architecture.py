@@ -22,7 +22,7 @@ LAYERS = {
     ],
     "engine": [
         "ssal.data.base", "ssal.data.in_memory", "ssal.data.image_folder", "ssal.data.shards",
-        "ssal.data.registry", "ssal.shards", "ssal.metrics", "ssal.train", "ssal.callbacks",
+        "ssal.data.registry", "ssal.metrics", "ssal.train", "ssal.callbacks",
         "ssal.loggers", "ssal.lightning_adapter", "ssal.config_errors", "ssal.resume",
         "ssal.lightning_cli",
     ],

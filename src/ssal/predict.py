@@ -7,7 +7,6 @@ predictions: ``ssal.inference``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -129,18 +128,3 @@ def structured_predict(
         joint_class=joint_class,
         joint_prob=joint_prob,
     )
-
-
-_MOVED = {  # names that lived here before ``ssal.inference`` held the image side
-    "describe_predictions",
-    "load_image",
-    "load_images",
-    "predict_images",
-    "predict_tensors",
-}
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED:  # deprecated aliases, kept so older code runs
-        return getattr(importlib.import_module("ssal.inference"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ssal.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from ssal.errors import UserError
 from ssal.files import write_json
 from ssal.runs import checkpoint_in, metrics_in, val_curve
 
@@ -311,26 +312,6 @@ def run_has_branches(folder: Path) -> bool:
     return bool(read_checkpoint(_checkpoint(folder))[CHECKPOINT_KEY]["groupings"])
 
 
-def _records_of_old_summary(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run records rebuilt from a ``study.json`` written before it held ``runs``."""
-    records = []
-    for name, c in summary.get("configs", {}).items():
-        per_seed, curves = c.get("per_seed", {}), c.get("curves", [])
-        for i, seed in enumerate(c.get("seeds", [])):
-            records.append(
-                {
-                    "name": name,
-                    "seed": seed,
-                    "fine_accuracy": per_seed["fine"][i],
-                    "joint_accuracy": per_seed["joint"][i],
-                    "alpha": c["alpha"][i],
-                    "has_branches": bool(c.get("has_branches")),
-                    "curve": curves[i] if i < len(curves) else [],
-                }
-            )
-    return records
-
-
 def read_records(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     """The finished runs a ``study.json`` (or a study folder holding one) records."""
     path = Path(path)
@@ -344,8 +325,8 @@ def read_records(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     if not isinstance(summary, dict):
         raise ValueError(f"{file}: not a study.json written by ssal study")
     records = summary.get("runs")
-    if records is None:
-        records = _records_of_old_summary(summary)
+    if not isinstance(records, list):
+        raise UserError(f"{file}: no runs recorded; not a study.json written by ssal study")
     return {(r["name"], int(r["seed"])): r for r in records}
 
 

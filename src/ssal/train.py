@@ -16,14 +16,7 @@ import torch
 from torch import nn
 
 from ssal.backbones.registry import create_model, get_entry
-from ssal.checkpoint import (  # load/read/export: here too for code written before 0.2
-    CHECKPOINT_KEY,
-    describe_model,
-    export_checkpoint,
-    groupings_of,
-    load_checkpoint,
-    read_checkpoint,
-)
+from ssal.checkpoint import CHECKPOINT_KEY, describe_model, groupings_of
 from ssal.grouping import Grouping, groupings_from_spec
 from ssal.lightning_adapter import attached_trainer
 from ssal.loss import SSALLoss
@@ -31,13 +24,7 @@ from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
 from ssal.recipe import check_recipe, decay_by_kind, parameter_groups, sgd, warmup_linear_decay
 
-__all__ = [
-    "COMPILE_MODES",
-    "SSALModule",
-    "export_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint",
-]
+__all__ = ["COMPILE_MODES", "SSALModule"]
 
 # torch.compile's modes; "reduce-overhead" and "max-autotune" add CUDA graphs.
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -174,7 +174,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="data folder (default: the one the checkpoint was trained on)",
     )
-    p.add_argument("--data.data_dir", dest="data_dir", help=argparse.SUPPRESS)  # older spelling
     p.add_argument(
         "--batch-size", type=int, metavar="N", help="evaluation batch size (default: the data's)"
     )

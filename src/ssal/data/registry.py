@@ -13,7 +13,6 @@ __all__ = ["DATAMODULES", "datamodule_from_config"]
 DATAMODULES = {
     "ssal.data.InMemoryDataModule": ("ssal.data.in_memory", "InMemoryDataModule"),
     "ssal.data.ImageFolderDataModule": ("ssal.data.image_folder", "ImageFolderDataModule"),
-    "ssal.shards.ShardDataModule": ("ssal.data.shards", "ShardDataModule"),
     "ssal.data.ShardDataModule": ("ssal.data.shards", "ShardDataModule"),
 }
 

@@ -341,7 +341,7 @@ class ShardDataModule(SSALDataModule):
     ``color_jitter`` as ``ImageFolderDataModule``'s).
     """
 
-    class_path = "ssal.shards.ShardDataModule"
+    class_path = "ssal.data.ShardDataModule"
 
     def __init__(
         self,
