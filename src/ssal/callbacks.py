@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
+from ssal.errors import UserError
 from ssal.evaluate import groupings_from_model
 from ssal.grouping import load_groupings, save_groupings
 from ssal.lightning_adapter import bar_settings, save_last_checkpoint
@@ -278,7 +279,7 @@ def use_loss_progress_bar(
             )
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(UserError):
     """Training stopped because the loss became NaN or infinite."""
 
 

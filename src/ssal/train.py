@@ -17,6 +17,7 @@ from torch import nn
 
 from ssal.backbones.registry import create_model, get_entry
 from ssal.checkpoint import CHECKPOINT_KEY, describe_model, groupings_of
+from ssal.errors import UserError
 from ssal.grouping import Grouping, groupings_from_spec
 from ssal.lightning_adapter import attached_trainer
 from ssal.loss import SSALLoss
@@ -88,9 +89,9 @@ class SSALModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+            raise UserError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         if schedule_first_epoch < 0:
-            raise ValueError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
+            raise UserError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
         check_recipe(lr, momentum, weight_decay, branch_weight_decay, backbone_lr_factor)
         decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
         self.save_hyperparameters()
@@ -170,7 +171,7 @@ class SSALModule(L.LightningModule):
         if dm is None:
             return
         if getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"the data has {dm.num_classes} classes but the model was built for "
                 f"{self.hparams.num_classes}; set --model.num_classes {dm.num_classes}"
             )

@@ -27,6 +27,7 @@ from ssal.backbones.small import SmallCNN
 from ssal.backbones.weights import load_backbone_weights
 from ssal.backbones.wrn import WideResNet
 from ssal.conventions import KERAS_NORM, Norm, Style, keras_parameter_count, torch_parameter_count
+from ssal.errors import UserError
 from ssal.grouping import Grouping, as_grouping
 from ssal.model import BranchSpec, SSALModel
 
@@ -212,7 +213,7 @@ def list_models(families: bool = True) -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; ``ValueError`` listing the known names otherwise."""
     if not isinstance(name, str):  # a config's `model: null` or a list
-        raise ValueError(f"model must be a model name, got {name!r}; see `ssal models`")
+        raise UserError(f"model must be a model name, got {name!r}; see `ssal models`")
     if name in _MODELS:
         return _MODELS[name]()
     for pattern, fn, _, _ in _FAMILIES:
@@ -220,7 +221,7 @@ def get_entry(name: str) -> ModelEntry:
         if m:
             return fn(m)
     known = ", ".join(list_models())
-    raise ValueError(f"unknown model {name!r}; known: {known} (families take other numbers)")
+    raise UserError(f"unknown model {name!r}; known: {known} (families take other numbers)")
 
 
 def default_groupings(num_classes: int, sizes: Sequence[int]) -> list[Grouping]:
@@ -260,7 +261,7 @@ def create_model(
     c_in = in_channels or entry.input_size[0]
     if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
         if entry.pretrained_build is None:
-            raise ValueError(
+            raise UserError(
                 f"{name} has no published weights; give a file: --model.pretrained PATH"
             )
         backbone = entry.pretrained_build(num_classes=num_classes, in_channels=c_in)
@@ -275,15 +276,15 @@ def create_model(
         k = len(groupings)
         pos = list(positions or entry.positions)
         if k > len(pos):
-            raise ValueError(f"{k} groupings but {name} has {len(pos)} branch positions")
+            raise UserError(f"{k} groupings but {name} has {len(pos)} branch positions")
         pos, lay = pos[len(pos) - k :], _deepest(layouts or entry.layouts, k)
         if len(lay) == 1:
             lay = lay * k
         if len(lay) != k:
-            raise ValueError(f"{name}: {len(lay)} layouts for {k} branches; give one per branch")
+            raise UserError(f"{name}: {len(lay)} layouts for {k} branches; give one per branch")
         for g in groupings:
             if g.num_classes != num_classes:
-                raise ValueError(
+                raise UserError(
                     f"grouping {g.name!r} covers {g.num_classes} classes, model has {num_classes}"
                 )
         specs = [BranchSpec(p, lay_, g) for p, lay_, g in zip(pos, lay, groupings, strict=True)]
