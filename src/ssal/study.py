@@ -166,14 +166,14 @@ def plan_runs(
     """
     names = list(names) if names else [Path(c).stem for c in configs]
     if len(names) != len(configs) or len(set(names)) != len(names):
-        raise ValueError("give one distinct name per config")
+        raise UserError("give one distinct name per config")
     variants: list[tuple[str, str, tuple[str, ...]]] = [
         (n, c, ()) for n, c in zip(names, configs, strict=True)
     ]
     for item in grid:
         key, _, values = item.partition("=")
         if not key or not values:
-            raise ValueError(f"grid entry {item!r} must read KEY=V1,V2")
+            raise UserError(f"grid entry {item!r} must read KEY=V1,V2")
         tail = key.rsplit(".", 1)[-1]
         variants = [
             (f"{n}-{tail}={v}", c, (*o, f"--{key}={v}"))
@@ -321,9 +321,9 @@ def read_records(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     try:
         summary = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{file}: not a readable study.json ({exc})") from None
+        raise UserError(f"{file}: not a readable study.json ({exc})") from None
     if not isinstance(summary, dict):
-        raise ValueError(f"{file}: not a study.json written by ssal study")
+        raise UserError(f"{file}: not a study.json written by ssal study")
     records = summary.get("runs")
     if not isinstance(records, list):
         raise UserError(f"{file}: no runs recorded; not a study.json written by ssal study")
@@ -347,7 +347,7 @@ def load_results(
             continue
         made_with = record.get("fingerprint")
         if made_with is not None and made_with != r.fingerprint():
-            raise ValueError(
+            raise UserError(
                 f"{out}: run {r.name} seed {r.seed} was made with another config file or other "
                 f"options than {r.config} {' '.join(r.overrides)}; study in another --out, or "
                 "with the same settings"
@@ -434,7 +434,7 @@ def summarize(
     """
     baseline = baseline or names[0]
     if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not one of the configs {list(names)}")
+        raise UserError(f"baseline {baseline!r} is not one of the configs {list(names)}")
     configs = {name: _config_summary(results, name) for name in names}
     fine = {
         n: dict(zip(c["seeds"], c["per_seed"]["fine"], strict=True)) for n, c in configs.items()
@@ -520,7 +520,7 @@ def run_study(
     """
     names = list(dict.fromkeys(r.name for r in runs))
     if baseline is not None and baseline not in names:
-        raise ValueError(f"--baseline {baseline!r} is not one of the configs {names}")
+        raise UserError(f"--baseline {baseline!r} is not one of the configs {names}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded = read_records(out)
