@@ -18,12 +18,13 @@ LAYERS = {
         "ssal.backbones", "ssal.data", "ssal.data.arrays", "ssal.data.readers",
         "ssal.data.safe_pickle", "ssal.data.splits", "ssal.data.transforms", "ssal.data.decoding",
         "ssal.data.loaders",
-        "ssal.checkpoint", "ssal.inference", "ssal.evaluate",
+        "ssal.checkpoint", "ssal.inference", "ssal.evaluate", "ssal.errors", "ssal.config_files",
     ],
     "engine": [
         "ssal.data.base", "ssal.data.in_memory", "ssal.data.image_folder", "ssal.data.shards",
-        "ssal.data.registry", "ssal.shards", "ssal.metrics", "ssal.train", "ssal.callbacks",
-        "ssal.loggers", "ssal.lightning_cli",
+        "ssal.data.registry", "ssal.metrics", "ssal.train", "ssal.callbacks",
+        "ssal.loggers", "ssal.lightning_adapter", "ssal.config_errors", "ssal.resume",
+        "ssal.lightning_cli",
     ],
     "report": ["ssal.report"],
     "workflows": ["ssal.demo", "ssal.study", "ssal.bench", "ssal.profiling"],
@@ -104,12 +105,6 @@ def test_layers_import_only_downwards():
     assert not wrong
 
 
-# predict.py's deprecated aliases import ssal.inference by name, and inference imports
-# predict: a cycle, removed with those aliases. Until then the cycle check passes over this
-# one edge; test_no_known_cycle_edges_left fails (strict xfail) once it is gone.
-KNOWN_CYCLE_EDGES = {("ssal.predict", "ssal.inference")}
-
-
 def import_graph() -> tuple[dict[str, set[str]], list[str]]:
     """Which ``ssal`` modules each module imports, and the private names imported."""
     graph: dict[str, set[str]] = {}
@@ -129,14 +124,12 @@ def import_graph() -> tuple[dict[str, set[str]], list[str]]:
     return graph, private
 
 
-def assert_no_cycles(graph: dict[str, set[str]], skip: set[tuple[str, str]]) -> None:
+def assert_no_cycles(graph: dict[str, set[str]]) -> None:
     state: dict[str, int] = {}
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
         for n in graph.get(m, ()):
-            if (m, n) in skip:
-                continue
             assert state.get(n) != 1, "import cycle: " + " -> ".join([*path, n])
             if n in graph and n not in state:
                 visit(n, [*path, n])
@@ -150,12 +143,7 @@ def assert_no_cycles(graph: dict[str, set[str]], skip: set[tuple[str, str]]) -> 
 def test_no_import_cycles_and_no_private_names():
     graph, private = import_graph()
     assert not private
-    assert_no_cycles(graph, KNOWN_CYCLE_EDGES)
-
-
-@pytest.mark.xfail(strict=True, reason="predict.py's aliases of ssal.inference (see above)")
-def test_no_known_cycle_edges_left():
-    assert_no_cycles(import_graph()[0], set())
+    assert_no_cycles(graph)
 
 
 def test_the_backbone_registry_knows_no_builder():

@@ -166,3 +166,27 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert keep.read_text() == "precious"
+
+
+def test_a_user_error_is_one_line_and_a_bare_value_error_is_a_bug(tmp_path, capsys, monkeypatch):
+    import ssal.cli.models as models_cli
+    from ssal.errors import UserError
+
+    def refuse(args):  # noqa: ANN001
+        raise UserError("--model nope: no such model")
+
+    monkeypatch.setattr(models_cli, "run", refuse)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ssal: error: --model nope: no such model\n"
+
+    def broken(args):  # noqa: ANN001
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(models_cli, "run", broken)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert "ValueError: an internal invariant broke" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ssal: error: this is a bug in ssal ") and "(ssal models)" in last

@@ -165,8 +165,9 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(project, tmp_path):
     assert proc.returncode == 130, err
     assert out == ""
     lines = only_our_lines(err)
+    run = "runs/ssal/version_0"  # the run itself, never the newest of another config
     assert (
-        lines[-1] == f"ssal: interrupted; resume with: ssal fit --config {config} --ckpt_path last"
+        lines[-1] == f"ssal: interrupted; resume with: ssal fit --config {config} --ckpt_path {run}"
     )
 
 

@@ -169,8 +169,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(trained, capsys):
             "fit",
             "--config",
             str(trained["config"]),
-            "--ckpt_path",
-            "last",
+            "--ckpt_path",  # the run by its folder: an added callback makes another config
+            str(trained["run"]),
             "--trainer.max_epochs",
             "4",
             "--trainer.callbacks",

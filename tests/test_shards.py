@@ -9,7 +9,7 @@ import torch
 
 from ssal.cli import main
 from ssal.data import load_dataset
-from ssal.shards import ShardDataModule, read_meta
+from ssal.data.shards import ShardDataModule, read_meta
 from tests.test_data import write_cifar100, write_image_folder
 
 
@@ -110,7 +110,7 @@ def test_fit_and_evaluate_from_shards(tmp_path, monkeypatch):
     config = tmp_path / "c.yaml"
     config.write_text(
         "trainer: {max_epochs: 1, accelerator: cpu, enable_progress_bar: false}\n"
-        "data:\n  class_path: ssal.shards.ShardDataModule\n"
+        "data:\n  class_path: ssal.data.ShardDataModule\n"
         f"  init_args: {{data_dir: {out}, batch_size: 16, eval_batch_size: 8, num_workers: 0}}\n"
         "model: {model: tiny-wrn, groupings: cifar100-superclasses, warmup_epochs: 1}\n"
     )

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ssal.backbones import create_model, default_groupings, get_entry
 from ssal.data.arrays import ImageArrays
 from ssal.data.in_memory import InMemoryDataModule
+from ssal.errors import UserError
 from ssal.grouping import save_groupings
 from ssal.loss import SSALLoss
 from ssal.train import SSALModule
@@ -453,16 +454,16 @@ def _make_setup(
     """Check the options; the shared setup of every timed run, and the placeholder groupings."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
+        raise UserError("--device cuda asked for, but no CUDA device is available")
     precision = {"32": "32-true", "bf16": "bf16-mixed"}.get(precision, precision)
     if precision not in ("32-true", "bf16-mixed"):
-        raise ValueError(f"precision must be 32 or bf16-mixed, got {precision!r}")
+        raise UserError(f"precision must be 32 or bf16-mixed, got {precision!r}")
     if steps < 1 or warmup < 1 or batch < 1:
-        raise ValueError("steps, warmup and batch size must be >= 1")
+        raise UserError("steps, warmup and batch size must be >= 1")
     entry = get_entry(model)
     shape = tuple(input_size or entry.network.input_size)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input size must be C H W, all >= 1, got {shape}")
+        raise UserError(f"input size must be C H W, all >= 1, got {shape}")
     classes = num_classes or (
         1000 if model.endswith("imagenet") else 10 if model == "small-cnn" else 100
     )
@@ -473,7 +474,7 @@ def _make_setup(
         classes = sum(1 for d in train.iterdir() if d.is_dir())
     groupings = default_groupings(classes, entry.group_sizes(classes)) if ssal else None
     if layouts and groupings and len(layouts) not in (1, len(groupings)):
-        raise ValueError(f"give 1 or {len(groupings)} branch layouts, got {len(layouts)}")
+        raise UserError(f"give 1 or {len(groupings)} branch layouts, got {len(layouts)}")
     from ssal.data.image_folder import default_workers
 
     setup = _Setup(

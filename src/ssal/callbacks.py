@@ -12,8 +12,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
+from ssal.errors import UserError
 from ssal.evaluate import groupings_from_model
 from ssal.grouping import load_groupings, save_groupings
+from ssal.lightning_adapter import bar_settings, save_last_checkpoint
 
 __all__ = [
     "NOTE",
@@ -59,7 +61,7 @@ class AutoGroupings(Callback):
         if shared:
             path = Path(shared)
         elif trainer.world_size > 1:
-            raise ValueError(
+            raise UserError(
                 "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
                 "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
                 "first and pass --model.groupings FILE"
@@ -181,21 +183,13 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     only when a top-k checkpoint was written, so a run whose monitored figure stopped
     improving would resume from its best epoch, not its last.)"""
 
-    def _save_last_if_missed(self, trainer: L.Trainer, on_train_epoch_end: bool) -> None:
-        if (
-            self.save_last
-            and not self._should_skip_saving_checkpoint(trainer)
-            and self._should_save_on_train_epoch_end(trainer) == on_train_epoch_end
-        ):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self._save_last_if_missed(trainer, on_train_epoch_end=True)
+        save_last_checkpoint(self, trainer, on_train_epoch_end=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        self._save_last_if_missed(trainer, on_train_epoch_end=False)
+        save_last_checkpoint(self, trainer, on_train_epoch_end=False)
 
 
 class _LossOnRedraw:
@@ -252,8 +246,12 @@ class LossRichProgressBar(_LossOnRedraw, RichProgressBar):
     """Lightning's rich bar (its default when rich is installed) with the training loss read
     at most every ``read_every`` steps (rich redraws the metrics after every step)."""
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        return self.label + super()._get_train_description(current_epoch)
+    def on_train_epoch_start(self, trainer, *args: Any) -> None:  # noqa: ANN001
+        super().on_train_epoch_start(trainer, *args)
+        if self.label and self.progress is not None and self.train_progress_bar_id is not None:
+            description = self.label + self.train_progress_bar.description
+            self.progress.update(self.train_progress_bar_id, description=description)
+            self.refresh()
 
 
 # Steps between reads of the loss for the progress bar on a GPU (each read waits for it).
@@ -274,22 +272,14 @@ def use_loss_progress_bar(
     if read_every is None:
         read_every = GPU_READ_EVERY if isinstance(trainer.accelerator, CUDAAccelerator) else 1
     for i, cb in enumerate(trainer.callbacks):
-        if type(cb) is TQDMProgressBar:
-            trainer.callbacks[i] = LossProgressBar(
-                cb.refresh_rate, cb.process_position, cb._leave, read_every=read_every, label=label
-            )
-        elif type(cb) is RichProgressBar:
-            trainer.callbacks[i] = LossRichProgressBar(
-                refresh_rate=cb.refresh_rate,
-                leave=cb._leave,
-                theme=cb.theme,
-                console_kwargs=cb._console_kwargs,
-                read_every=read_every,
-                label=label,
+        swap = {TQDMProgressBar: LossProgressBar, RichProgressBar: LossRichProgressBar}
+        if type(cb) in swap:
+            trainer.callbacks[i] = swap[type(cb)](
+                **bar_settings(cb), read_every=read_every, label=label
             )
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(UserError):
     """Training stopped because the loss became NaN or infinite."""
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ssal.backbones import create_model
 from ssal.data.transforms import eval_resize
+from ssal.errors import UserError
 from ssal.files import read_json, write_json
 from ssal.grouping import Grouping
 from ssal.model import SSALModel
@@ -120,9 +121,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable checkpoint ({_reason(path, e)})") from None
+        raise UserError(f"{path}: not a loadable checkpoint ({_reason(path, e)})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not an ssal checkpoint (no '{CHECKPOINT_KEY}' section)")
+        raise UserError(f"{path}: not an ssal checkpoint (no '{CHECKPOINT_KEY}' section)")
     return ckpt
 
 
@@ -153,7 +154,7 @@ def read_export_info(folder: Path, weights: str = EXPORT_WEIGHTS) -> dict[str, A
             raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
     info = read_json(info_path)
     if not isinstance(info, dict):
-        raise ValueError(f"{info_path}: not an ssal model description")
+        raise UserError(f"{info_path}: not an ssal model description")
     return info
 
 
@@ -166,7 +167,7 @@ def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{weights}: not a loadable safetensors file ({e})") from None
+        raise UserError(f"{weights}: not a loadable safetensors file ({e})") from None
     return info, {f"net.{k}": v for k, v in state.items()}
 
 
@@ -261,19 +262,19 @@ def check_description(path: str | Path, info: Any) -> list[Grouping]:
     """The groupings of a model description read from ``path``, after checking its values'
     types and sizes (nothing is built); ``ValueError`` naming ``path`` and the problem."""
     if not isinstance(info, dict):
-        raise ValueError(f"{path}: the model description is not a mapping")
+        raise UserError(f"{path}: the model description is not a mapping")
     problem = _description_problem(info)
     if problem:
-        raise ValueError(f"{path}: the model description is unusable ({problem})")
+        raise UserError(f"{path}: the model description is unusable ({problem})")
     try:
         groupings = groupings_of(info)
     except (KeyError, TypeError, AttributeError, IndexError) as e:
-        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+        raise UserError(f"{path}: the model description lacks or garbles {e}") from None
     except ValueError as e:  # a grouping's assignment
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     for g in groupings:
         if g.num_classes != info["num_classes"]:
-            raise ValueError(
+            raise UserError(
                 f"{path}: grouping {g.name!r} covers {g.num_classes} classes, the model "
                 f"{info['num_classes']}"
             )
@@ -287,29 +288,29 @@ def _model_of(
     (nothing allocated) that every weight is a tensor of the shape the model expects."""
     groupings = check_description(path, info)
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
-        raise ValueError(f"{path}: the weights are not a mapping of names to tensors")
+        raise UserError(f"{path}: the weights are not a mapping of names to tensors")
     state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
     try:
         with torch.device("meta"):
             skeleton = _build(info, groupings)
     except (KeyError, TypeError, AttributeError, IndexError) as e:
-        raise ValueError(f"{path}: the model description lacks or garbles {e}") from None
+        raise UserError(f"{path}: the model description lacks or garbles {e}") from None
     except ValueError as e:  # groupings, positions or layouts that do not fit the model
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     if given != expected or len(state) != len(given):
         wrong = sorted(
             set(expected) ^ set(state) | {k for k in given if given[k] != expected.get(k)}
         )
-        raise ValueError(
+        raise UserError(
             f"{path}: weights do not fit {info['model']} (missing, unexpected or misshapen: "
             f"{', '.join(wrong[:3]) or 'non-tensor values'})"
         )
     for i, g in enumerate(groupings):  # the weights repeat each grouping as a buffer
         index = state[f"group_index_{i}"]
         if not torch.equal(index.double(), torch.as_tensor(g.assignment).double()):
-            raise ValueError(
+            raise UserError(
                 f"{path}: the weights' group_index_{i} disagrees with grouping {g.name!r} of "
                 "the model description"
             )
@@ -365,7 +366,7 @@ def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetens
     The checkpoint is checked as ``load_checkpoint`` checks it before anything is written, and
     the weights go through a temporary file: an export that fails leaves no file behind."""
     if format not in ("safetensors", "onnx"):
-        raise ValueError(f"export format must be safetensors or onnx, got {format!r}")
+        raise UserError(f"export format must be safetensors or onnx, got {format!r}")
     path = Path(path)
     ckpt = read_checkpoint(path)
     model, _ = _model_of(path, ckpt[CHECKPOINT_KEY], ckpt["state_dict"])
@@ -376,7 +377,7 @@ def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetens
     try:
         json.dumps(info)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: the model description is not plain JSON values ({e})") from None
+        raise UserError(f"{path}: the model description is not plain JSON values ({e})") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = EXPORT_ONNX if format == "onnx" else EXPORT_WEIGHTS
@@ -420,9 +421,7 @@ def _export_onnx(model: SSALModel, target: Path) -> None:
     try:
         import onnxscript  # noqa: F401 - the exporter needs it
     except ImportError:
-        raise ValueError(
-            "ONNX export needs onnx and onnxscript: pip install 'ssal[onnx]'"
-        ) from None
+        raise UserError("ONNX export needs onnx and onnxscript: pip install 'ssal[onnx]'") from None
     heads = _Heads(model.eval()).eval()
     example = torch.zeros(2, *model.input_size)
     batch = torch.export.Dim("batch", min=1)

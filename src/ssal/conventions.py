@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssal.errors import UserError
+
 __all__ = [
     "INITIALIZERS",
     "KERAS_NORM",
@@ -112,7 +114,7 @@ INITIALIZERS: dict[str, Callable[[torch.Tensor], object] | None] = {
 
 def _init_layer(layer: nn.Module, scheme: str) -> None:
     if scheme not in INITIALIZERS:
-        raise ValueError(f"unknown initialiser {scheme!r}; known: {', '.join(INITIALIZERS)}")
+        raise UserError(f"unknown initialiser {scheme!r}; known: {', '.join(INITIALIZERS)}")
     fn = INITIALIZERS[scheme]
     if fn is None or layer.weight.is_meta:
         return
@@ -150,7 +152,7 @@ class Style:
         for scheme in (self.conv_init, self.linear_init):
             if scheme not in INITIALIZERS:
                 known = ", ".join(INITIALIZERS)
-                raise ValueError(f"unknown initialiser {scheme!r}; known: {known}")
+                raise UserError(f"unknown initialiser {scheme!r}; known: {known}")
 
     def conv(
         self,

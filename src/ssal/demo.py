@@ -23,6 +23,7 @@ from ssal.backbones import get_entry
 from ssal.callbacks import log_interval, use_loss_progress_bar
 from ssal.checkpoint import set_checkpoint_alpha
 from ssal.data.in_memory import InMemoryDataModule
+from ssal.errors import UserError
 from ssal.evaluate import Track, groupings_from_model
 from ssal.files import write_json
 from ssal.grouping import save_groupings
@@ -91,7 +92,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if not earlier:
         return
     if not overwrite:
-        raise ValueError(
+        raise UserError(
             f"{out} holds an earlier demo ({', '.join(earlier)}); give another --out, or "
             "--overwrite to replace it"
         )

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from ssal.errors import UserError
+
 __all__ = ["MAX_SMALL_FILE", "read_json", "read_text", "write_json", "write_text"]
 
 MAX_SMALL_FILE = 16 * 2**20
@@ -37,11 +39,11 @@ def read_text(path: str | Path, max_bytes: int = MAX_SMALL_FILE) -> str:
     path = Path(path)
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{path}: {size} bytes, more than the {max_bytes} such a file may hold")
+        raise UserError(f"{path}: {size} bytes, more than the {max_bytes} such a file may hold")
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+        raise UserError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def read_json(path: str | Path, max_bytes: int = MAX_SMALL_FILE) -> object:
@@ -51,4 +53,4 @@ def read_json(path: str | Path, max_bytes: int = MAX_SMALL_FILE) -> object:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({' '.join(str(e).split())[:200]})") from None
+        raise UserError(f"{path}: not valid JSON ({' '.join(str(e).split())[:200]})") from None

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from ssal.errors import UserError
 from ssal.files import read_text, write_text
 
 __all__ = [
@@ -76,20 +77,18 @@ def group_classes(
     """
     m = np.asarray(confusion, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"confusion matrix must be square (C, C), got shape {m.shape}")
+        raise UserError(f"confusion matrix must be square (C, C), got shape {m.shape}")
     if not np.all(np.isfinite(m)):
-        raise ValueError("confusion matrix contains NaN or infinite values")
+        raise UserError("confusion matrix contains NaN or infinite values")
     if np.any(m < 0):
-        raise ValueError("confusion matrix contains negative values")
+        raise UserError("confusion matrix contains negative values")
     if mode not in ("similar", "split"):
-        raise ValueError(f"mode must be 'similar' or 'split', got {mode!r}")
+        raise UserError(f"mode must be 'similar' or 'split', got {mode!r}")
     c = m.shape[0]
     if not 1 <= num_groups <= c:
-        raise ValueError(
-            f"number of groups must be between 1 and the {c} classes, got {num_groups}"
-        )
+        raise UserError(f"number of groups must be between 1 and the {c} classes, got {num_groups}")
     if size_margin < 1.0:
-        raise ValueError(f"size_margin must be >= 1.0 so that all classes fit, got {size_margin}")
+        raise UserError(f"size_margin must be >= 1.0 so that all classes fit, got {size_margin}")
 
     rng = np.random.default_rng(seed)
     d = _distance_matrix(m, mode)
@@ -135,31 +134,29 @@ def check_assignment(
     except (ValueError, TypeError):  # ragged lists
         a = np.empty(0)
     if a.ndim != 1 or a.size == 0:
-        raise ValueError(f"{what}: assignment must be a non-empty list of group indices")
+        raise UserError(f"{what}: assignment must be a non-empty list of group indices")
     if a.dtype.kind not in "iu" and (
         a.dtype.kind not in "f"
         or not np.all(np.isfinite(a))
         or np.any(a != np.round(a))
         or np.any(np.abs(a) > 2**53)  # past exact whole floats (and int64's range)
     ):
-        raise ValueError(f"{what}: assignment must hold integer group indices")
+        raise UserError(f"{what}: assignment must hold integer group indices")
     a = a.astype(np.int64)
     if num_classes is not None and len(a) != num_classes:
-        raise ValueError(f"{what}: has {len(a)} classes but the model has {num_classes}")
+        raise UserError(f"{what}: has {len(a)} classes but the model has {num_classes}")
     if num_groups is not None and (
         not isinstance(num_groups, (int, np.integer)) or isinstance(num_groups, bool)
     ):
-        raise ValueError(f"{what}: num_groups must be a whole number, got {num_groups!r}")
+        raise UserError(f"{what}: num_groups must be a whole number, got {num_groups!r}")
     g = int(a.max()) + 1 if num_groups is None else int(num_groups)
     if a.min() < 0 or a.max() >= g:
-        raise ValueError(
-            f"{what}: group indices must lie in 0..{g - 1}, found {a.min()}..{a.max()}"
-        )
+        raise UserError(f"{what}: group indices must lie in 0..{g - 1}, found {a.min()}..{a.max()}")
     if g > len(a):  # every group needs a class (checked before np.arange(g) is allocated)
-        raise ValueError(f"{what}: {g} groups for {len(a)} classes; every group needs a class")
+        raise UserError(f"{what}: {g} groups for {len(a)} classes; every group needs a class")
     empty = np.setdiff1d(np.arange(g), a)
     if len(empty):
-        raise ValueError(
+        raise UserError(
             f"{what}: groups {empty.tolist()[:10]} are empty; every group needs a class"
         )
     return a
@@ -256,12 +253,12 @@ def save_groupings(
     """Write groupings (and class names when known) to a JSON file; return its path."""
     groupings = [as_grouping(g) for g in groupings]
     if not groupings:
-        raise ValueError("no groupings to save")
+        raise UserError("no groupings to save")
     c = groupings[0].num_classes
     for g in groupings:
         check_assignment(g.assignment, num_classes=c, num_groups=g.num_groups, what=g.name)
     if class_names is not None and len(class_names) != c:
-        raise ValueError(f"{len(class_names)} class names given for {c} classes")
+        raise UserError(f"{len(class_names)} class names given for {c} classes")
     doc = {
         "format": FILE_FORMAT,
         "version": FILE_VERSION,
@@ -299,25 +296,25 @@ def _json_groupings(
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as e:  # bad JSON, huge numbers, deep nesting
-        raise ValueError(f"{path}: not a JSON groupings file ({e})") from None
+        raise UserError(f"{path}: not a JSON groupings file ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("groupings"), list):
-        raise ValueError(f"{path}: expected an object with a 'groupings' list")
+        raise UserError(f"{path}: expected an object with a 'groupings' list")
     c = doc.get("num_classes", num_classes)
     if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
-        raise ValueError(f"{path}: num_classes must be a positive whole number, got {c!r}")
+        raise UserError(f"{path}: num_classes must be a positive whole number, got {c!r}")
     if num_classes is not None and c != num_classes:
-        raise ValueError(f"{path}: written for {c} classes but the model has {num_classes}")
+        raise UserError(f"{path}: written for {c} classes but the model has {num_classes}")
     names = doc.get("class_names")
     if names is not None and (
         not isinstance(names, list) or not all(isinstance(n, str) for n in names)
     ):
-        raise ValueError(f"{path}: class_names must be a list of names")
+        raise UserError(f"{path}: class_names must be a list of names")
     if names is not None and c is not None and len(names) != c:
-        raise ValueError(f"{path}: {len(names)} class names for {c} classes")
+        raise UserError(f"{path}: {len(names)} class names for {c} classes")
     out = []
     for i, entry in enumerate(doc["groupings"]):
         if not isinstance(entry, dict) or "assignment" not in entry:
-            raise ValueError(f"{path}: grouping {i} has no 'assignment'")
+            raise UserError(f"{path}: grouping {i} has no 'assignment'")
         label = f"{path}: grouping {str(entry.get('name', i))[:60]!r}"
         a = check_assignment(entry["assignment"], c, entry.get("num_groups"), what=label)
         g = Grouping.from_dict(entry, a)
@@ -325,7 +322,7 @@ def _json_groupings(
             g = replace(g, class_names=tuple(names), source=str(path))
         out.append(g)
     if not out:
-        raise ValueError(f"{path}: holds no groupings")
+        raise UserError(f"{path}: holds no groupings")
     return out, names
 
 
@@ -340,7 +337,7 @@ def check_class_names(groupings: Sequence[Grouping], class_names: Sequence[str] 
         if g.class_names is None or list(g.class_names) == list(class_names):
             continue
         if len(g.class_names) != len(class_names):
-            raise ValueError(
+            raise UserError(
                 f"{g.source}: names {len(g.class_names)} classes, the data {len(class_names)}"
             )
         i, ours, theirs = next(
@@ -348,7 +345,7 @@ def check_class_names(groupings: Sequence[Grouping], class_names: Sequence[str] 
             for i, (a, b) in enumerate(zip(g.class_names, class_names, strict=True))
             if a != b
         )
-        raise ValueError(
+        raise UserError(
             f"{g.source}: class {i} is {ours!r} there but {theirs!r} in the data; these "
             "groupings were made for other classes or another order (make them for this data "
             "with ssal group)"
@@ -422,18 +419,18 @@ def _label_grouping(path: Path, text: str, num_classes: int | None) -> Grouping:
             continue
         where, shown = f"{path}: line {i}", line.strip()[:40]
         if len(line.split()) != 1:
-            raise ValueError(f"{where}: {shown!r} holds more than one value")
+            raise UserError(f"{where}: {shown!r} holds more than one value")
         try:
             v = float(line)
         except ValueError:
-            raise ValueError(f"{where}: {shown!r} is not a number") from None
+            raise UserError(f"{where}: {shown!r} is not a number") from None
         if not math.isfinite(v) or v != int(v) or not 0 <= v < 2**31:
-            raise ValueError(f"{where}: {shown!r} is not a group index (0, 1, 2, ...)")
+            raise UserError(f"{where}: {shown!r} is not a group index (0, 1, 2, ...)")
         values.append(int(v))
     if not values:
-        raise ValueError(f"{path}: holds no group indices")
+        raise UserError(f"{path}: holds no group indices")
     if num_classes is not None and len(values) != num_classes:
-        raise ValueError(
+        raise UserError(
             f"{path}: {len(values)} group indices (one per class) but the data has "
             f"{num_classes} classes"
         )
@@ -458,10 +455,10 @@ def groupings_from_spec(
     if spec in BUILTIN_HIERARCHIES:
         g = BUILTIN_HIERARCHIES[spec]()
         if g.num_classes != num_classes:
-            raise ValueError(f"{spec} covers {g.num_classes} classes, the data has {num_classes}")
+            raise UserError(f"{spec} covers {g.num_classes} classes, the data has {num_classes}")
         return [g]
     if spec == "auto":
-        raise ValueError(
+        raise UserError(
             "groupings 'auto' are derived during training (ssal.callbacks.AutoGroupings)"
         )
     return load_groupings(spec, num_classes)[0]

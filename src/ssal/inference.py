@@ -28,6 +28,7 @@ from ssal.checkpoint import (
 )
 from ssal.data.decoding import load_pil
 from ssal.data.transforms import normalize, resize_for_model
+from ssal.errors import UserError
 from ssal.grouping import Grouping
 from ssal.model import SSALOutput
 from ssal.predict import GroupingLike, joint_predict, structured_predict
@@ -85,7 +86,7 @@ class OnnxModel:
         try:
             import onnxruntime
         except ImportError:
-            raise ValueError("ONNX models run with onnxruntime: pip install 'ssal[onnx]'") from None
+            raise UserError("ONNX models run with onnxruntime: pip install 'ssal[onnx]'") from None
         self.path, self.heads = Path(path), list(heads)
         self.widths = None if widths is None else list(widths)
         options = onnxruntime.SessionOptions()
@@ -97,10 +98,10 @@ class OnnxModel:
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime's own error types for a bad file
-            raise ValueError(f"{path}: not a loadable ONNX model ({_brief(e)})") from None
+            raise UserError(f"{path}: not a loadable ONNX model ({_brief(e)})") from None
         outputs = {o.name for o in self.session.get_outputs()}
         if len(self.session.get_inputs()) != 1 or not set(self.heads) <= outputs:
-            raise ValueError(
+            raise UserError(
                 f"{path}: the ONNX model does not have one input and the outputs "
                 f"{', '.join(self.heads)}"
             )
@@ -117,7 +118,7 @@ class OnnxModel:
         try:
             outs = self.session.run(self.heads, feed, self.quiet)
         except Exception as e:  # onnxruntime's own error types: shapes, types, allocation
-            raise ValueError(f"{self.path}: the ONNX model failed to run ({_brief(e)})") from None
+            raise UserError(f"{self.path}: the ONNX model failed to run ({_brief(e)})") from None
         n = len(images)
         for i, out in enumerate(outs):
             width = None if self.widths is None else self.widths[i]
@@ -129,7 +130,7 @@ class OnnxModel:
                 and (width is None or out.shape[1] == width)
             ):
                 shape = getattr(out, "shape", type(out).__name__)
-                raise ValueError(
+                raise UserError(
                     f"{self.path}: output {self.heads[i]} has shape {shape}, expected "
                     f"({n}, {width if width is not None else 'K'}) numbers"
                 )
@@ -160,7 +161,7 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     groupings = check_description(info_path, info)
     heads = onnx_heads(len(groupings))
     if info.get("onnx_heads") != heads:
-        raise ValueError(f"{info_path}: onnx_heads must be {heads} (one output per grouping)")
+        raise UserError(f"{info_path}: onnx_heads must be {heads} (one output per grouping)")
     info = {**info, "groupings": groupings, "preprocessing": preprocessing_of(info)}
     widths = [info["num_classes"], *(g.num_groups for g in groupings)]
     return OnnxModel(onnx, heads, widths), info
@@ -186,7 +187,7 @@ def load_image(
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     if in_channels not in (1, 3):
-        raise ValueError(f"models with {in_channels} input channels cannot read image files")
+        raise UserError(f"models with {in_channels} input channels cannot read image files")
     img = load_pil(path, in_channels)
     img = resize_for_model(img, (int(size[0]), int(size[1])), preprocessing)
     return F.pil_to_tensor(img)
@@ -237,7 +238,7 @@ def describe_predictions(
     ``agrees`` with the fine class's group) and ``consistent`` (every branch agrees).
     """
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise UserError(f"top_k must be >= 1, got {top_k}")
     s = structured_predict(fine_logits, branch_logits, groupings, alpha)
     k = min(top_k, fine_logits.shape[-1])
     fine_top = torch.softmax(fine_logits.float(), dim=-1).topk(k, dim=-1)
@@ -296,7 +297,7 @@ def predict_tensors(
     are taken as already normalised. ``alpha`` defaults to the checkpoint's.
     """
     if images.ndim != 4:
-        raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(images.shape)}")
+        raise UserError(f"images must be a batch (N, C, H, W), got shape {tuple(images.shape)}")
     params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = params.device if params is not None else torch.device("cpu")
     images = images.to(device)

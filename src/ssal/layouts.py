@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ssal.conventions import KERAS_NORM, Norm, Style
+from ssal.errors import UserError
 
 __all__ = ["BLOCKS", "STYLES", "Block", "BlockKind", "build_branch", "parse_layout", "split_style"]
 
@@ -156,9 +157,7 @@ def inception_cifar(
     """
     m = int(multiple)
     if one_stem not in (0, 1):
-        raise ValueError(
-            f"inception's third argument is 1 (one stem) or left out, got {one_stem:g}"
-        )
+        raise UserError(f"inception's third argument is 1 (one stem) or left out, got {one_stem:g}")
 
     def size(n: int) -> int:  # round() first: 0.4 * 160 is 64.00000000000001
         return max(m, math.ceil(round(width * n / m, 6)) * m)
@@ -257,7 +256,7 @@ def _dense(style: Style, c_in: int, n: float) -> tuple[nn.Module, int]:
 
 def _dropout(style: Style, c_in: int, p: float) -> tuple[nn.Module, int]:
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p:g}")
+        raise UserError(f"dropout probability must be in [0, 1), got {p:g}")
     return nn.Dropout(p), c_in
 
 
@@ -296,7 +295,7 @@ def split_style(text: str) -> tuple[str, str]:
     if not m:
         return "torch", text
     if m.group(1) not in STYLES:
-        raise ValueError(
+        raise UserError(
             f"layout {text!r}: unknown style {m.group(1)!r}; known: {', '.join(STYLES)}"
         )
     return m.group(1), m.group(2)
@@ -313,17 +312,17 @@ def _parse_args(text: str, name: str, raw: str | None) -> tuple[float, ...]:
         try:
             args.append(float(part))
         except ValueError:
-            raise ValueError(f"layout {text!r}: {name} argument {part!r} is not a number") from None
+            raise UserError(f"layout {text!r}: {name} argument {part!r} is not a number") from None
     if not kind.min_args <= len(args) <= kind.max_args:
-        raise ValueError(
+        raise UserError(
             f"layout {text!r}: {name} takes {kind.min_args} to {kind.max_args} arguments, "
             f"got {len(args)}"
         )
     for i, a in enumerate(args):
         if a < 0 or (a == 0 and i not in kind.zero_ok):
-            raise ValueError(f"layout {text!r}: {name} arguments must be positive, got {a:g}")
+            raise UserError(f"layout {text!r}: {name} arguments must be positive, got {a:g}")
         if i in kind.ints and a != int(a):
-            raise ValueError(f"layout {text!r}: {name} argument {a:g} must be an integer")
+            raise UserError(f"layout {text!r}: {name} argument {a:g} must be an integer")
     return tuple(args)
 
 
@@ -337,11 +336,11 @@ def parse_layout(text: str | Sequence[str]) -> list[Block]:
     while pos < len(body):
         m = _TOKEN.match(body, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"layout {text!r}: cannot read from position {pos}: {body[pos:]!r}")
+            raise UserError(f"layout {text!r}: cannot read from position {pos}: {body[pos:]!r}")
         name, raw = m.group(1), m.group(2)
         pos = m.end()
         if name not in BLOCKS:
-            raise ValueError(f"layout {text!r}: unknown block {name!r}; known: {', '.join(BLOCKS)}")
+            raise UserError(f"layout {text!r}: unknown block {name!r}; known: {', '.join(BLOCKS)}")
         blocks.append(Block(name, _parse_args(text, name, raw)))
     return blocks
 
@@ -360,19 +359,19 @@ def build_branch(
     name = split_style(layout)[0] if isinstance(layout, str) else "torch"
     blocks = parse_layout(layout) if isinstance(layout, str) else list(layout)
     if isinstance(style, str) and style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+        raise UserError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
     style = STYLES[style] if isinstance(style, str) else style or STYLES[name]
     if in_channels < 1 or num_groups < 1:
-        raise ValueError(
+        raise UserError(
             f"branch needs positive channels and groups, got {in_channels}, {num_groups}"
         )
     layers: list[nn.Module] = []
     c, spatial = in_channels, True
     for block in blocks:
         if BLOCKS[block.name].spatial and not spatial:
-            raise ValueError(f"block {block} needs a feature map, but it comes after gap")
+            raise UserError(f"block {block} needs a feature map, but it comes after gap")
         if block.name == "dense" and spatial:
-            raise ValueError(f"block {block} needs a vector: put gap before it")
+            raise UserError(f"block {block} needs a vector: put gap before it")
         module, c = BLOCKS[block.name].build(style, c, *block.args)
         layers.append(module)
         spatial = spatial and block.name != "gap"

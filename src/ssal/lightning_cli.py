@@ -8,12 +8,8 @@ and, where one is close, the key that was meant.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import logging
 import os
-import re
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +17,10 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssal.callbacks import (
-    NOTE,
     AutoGroupings,
     LastAndBestCheckpoint,
     NonFiniteLossGuard,
@@ -34,34 +29,52 @@ from ssal.callbacks import (
     use_loss_progress_bar,
 )
 from ssal.checkpoint import CHECKPOINT_KEY, groupings_of, read_checkpoint
-from ssal.runs import latest_checkpoint
+from ssal.config_errors import ConfigError, explain_config_error, plain_validation_error
+from ssal.config_files import check_config, config_files
+from ssal.errors import UserError
+from ssal.resume import Interrupted, after_interrupt, resolve_resume
 from ssal.train import SSALModule
 
 log = logging.getLogger("ssal")
 
-__all__ = ["ConfigError", "Interrupted", "SSALCLI", "run_lightning_cli"]
-
-
-class ConfigError(ValueError):
-    """A config or command-line value Lightning's CLI refused, explained in one line;
-    ``located`` when the line already says where the value came from."""
-
-    def __init__(self, message: str, located: bool = False) -> None:
-        super().__init__(message)
-        self.located = located
-
-
-class Interrupted(Exception):
-    """Ctrl-C stopped a run; the message is the command that resumes it."""
-
-
-MAX_CONFIG_BYTES = 2**20
-MAX_CONFIG_VALUES = 100_000
-"""Most values a config may hold once YAML aliases are expanded ("billion laughs")."""
+__all__ = ["SSALCLI", "run_lightning_cli"]
 
 
 class SSALCLI(LightningCLI):
-    """LightningCLI for ``SSALModule`` with CSV + TensorBoard logs and last/best checkpoints."""
+    """LightningCLI for ``SSALModule`` with CSV + TensorBoard logs and last/best checkpoints.
+
+    Ctrl-C during ``fit`` ends in ``Interrupted``, whose message says how to resume the run
+    or, before its first checkpoint, how to start afresh (Lightning's own answer to Ctrl-C is
+    ``exit(1)`` after a graceful stop).
+    """
+
+    seed_given = False
+    """Whether the command set ``seed_everything`` to a number (a drawn seed is new each time)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        argv = list(given) if isinstance(given, list) else sys.argv[1:]
+        try:
+            super().__init__(*args, **kwargs)
+        except SystemExit:
+            trainer = getattr(self, "trainer", None)
+            if trainer is None or not trainer.interrupted:
+                raise
+            self._stopped(argv)
+        except KeyboardInterrupt:
+            self._stopped(argv)
+
+    def _stopped(self, argv: Sequence[str]) -> None:
+        """Ctrl-C: for ``fit``, ``Interrupted`` naming what can be resumed."""
+        trainer = getattr(self, "trainer", None)
+        if getattr(self, "subcommand", None) != "fit" or trainer is None:
+            raise KeyboardInterrupt from None
+        run = Path(trainer.log_dir) if trainer.log_dir else None
+        saved = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        checkpoint = Path(saved) if saved else None
+        if (checkpoint is None or not checkpoint.is_file()) and run is not None:
+            checkpoint = run / "checkpoints" / "last.ckpt"
+        raise Interrupted(after_interrupt(argv, run, checkpoint)) from None
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # errors raise (and become one line) instead of printing the usage and exiting;
@@ -119,12 +132,20 @@ class SSALCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         trainer = cfg.trainer
         if not hasattr(trainer, "get"):  # jsonargparse lets a list through
-            raise ValueError(f"trainer: must be a mapping of Trainer arguments, got {trainer!r}")
+            raise UserError(f"trainer: must be a mapping of Trainer arguments, got {trainer!r}")
         if trainer.get("deterministic") and trainer.get("benchmark"):
             trainer.benchmark = None  # cuDNN's timed kernel choice is not deterministic
         _runs_under_root_dir(trainer)
-        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            _resolve_last(cfg)
+        if self.subcommand == "fit":
+            current = self._config_as_saved() if cfg.get("ckpt_path") == "last" else {}
+            resolve_resume(cfg, current, self.seed_given)
+
+    def _config_as_saved(self) -> dict:
+        """This command's config as Lightning's CLI writes it into the run folder."""
+        import yaml
+
+        dumped = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        return dumped.get(self.subcommand) or {}
 
     def _add_tensorboard(self) -> None:
         """Log to TensorBoard too, inside the CSV logger's run folder (one folder per run)."""
@@ -138,13 +159,19 @@ class SSALCLI(LightningCLI):
             return
         self.trainer.loggers = [*loggers, tb]
 
-    def _parse_ckpt_path(self) -> None:
-        """A missing, corrupt or foreign ``--ckpt_path`` is one line before Lightning reads it."""
-        if self.config.get("subcommand"):
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            if path and path != "last":
-                read_checkpoint(path)
-        super()._parse_ckpt_path()
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; then a missing, corrupt or foreign ``--ckpt_path`` file is one line before
+        Lightning reads it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        path = cfg.get("ckpt_path")
+        if path and path != "last" and not Path(path).is_dir():
+            read_checkpoint(path)
+        seed = cfg.get("seed_everything")
+        self.seed_given = isinstance(seed, int) and not isinstance(seed, bool)
 
     def _load_data(self) -> None:
         """Read the data before any run folder exists: a missing dataset leaves no trace."""
@@ -158,16 +185,6 @@ class SSALCLI(LightningCLI):
     def before_test(self) -> None:
         self._load_data()
         self._add_tensorboard()
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except SystemExit:  # Lightning's answer to Ctrl-C: exit(1) after a graceful stop
-            from lightning.pytorch.trainer.states import TrainerStatus
-
-            if self.trainer.state.status != TrainerStatus.INTERRUPTED:
-                raise
-            raise KeyboardInterrupt from None
 
     def _batches_run(self) -> int:
         """Training batches an epoch of this run takes: the loader's, cut by
@@ -198,31 +215,6 @@ class SSALCLI(LightningCLI):
             AutoGroupings.derive_before_launch(trainer, module, self.datamodule)
 
 
-def _resolve_last(cfg: Any) -> None:
-    """``--ckpt_path last``: resume the newest run of this logger's folder, in that folder.
-
-    Lightning's own ``last`` looks only in a new run's (empty) folder; here the newest
-    ``version_K/checkpoints/last.ckpt`` is found, the logger writes on into ``version_K`` and
-    its ``metrics.csv`` keeps the rows up to the checkpoint's step.
-    """
-    logger = cfg.trainer.logger
-    if isinstance(logger, list):
-        logger = next((lg for lg in logger if "CSVLogger" in str(lg.get("class_path"))), None)
-    if not logger or "CSVLogger" not in str(logger.get("class_path")):
-        raise ValueError("--ckpt_path last needs the default CSV logger; give --ckpt_path FILE")
-    args = logger.init_args
-    root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
-    version, path = latest_checkpoint(root)
-    ckpt = read_checkpoint(path)
-    args.version = version
-    if "ResumableCSVLogger" in str(logger.get("class_path")):
-        args.resume_step = int(ckpt.get("global_step", 0))
-        args.resume_epoch = int(ckpt.get("epoch", 0))
-    cfg.ckpt_path = str(path)
-    step = int(ckpt.get("global_step", 0))
-    log.log(NOTE, "resuming from %s (after epoch %s, step %d)", path, ckpt.get("epoch"), step)
-
-
 def _runs_under_root_dir(trainer: Any) -> None:
     """``--trainer.default_root_dir DIR`` puts the default logger's runs under ``DIR``."""
     root, logger = trainer.get("default_root_dir"), trainer.get("logger")
@@ -231,68 +223,6 @@ def _runs_under_root_dir(trainer: Any) -> None:
     args = logger.get("init_args")
     if args is not None and args.get("save_dir") in (None, "runs"):
         args["save_dir"] = str(Path(root) / "runs")
-
-
-def resume_command(argv: Sequence[str]) -> str:
-    """The command that resumes an interrupted ``ssal fit`` (same options, ``--ckpt_path last``)."""
-    args, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--ckpt_path":
-            skip = True
-        elif not a.startswith("--ckpt_path="):
-            args.append(a)
-    return "ssal " + " ".join(shlex.quote(a) for a in [*args, "--ckpt_path", "last"])
-
-
-def config_files(argv: Sequence[str]) -> list[Path]:
-    """The files given with ``--config``/``-c`` in ``argv``."""
-    found = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            found.append(Path(argv[i + 1]))
-        elif arg.startswith("--config="):
-            found.append(Path(arg.split("=", 1)[1]))
-    return found
-
-
-def _expanded_size(node: Any, seen: dict[int, int]) -> int:
-    """Values a YAML node stands for with every alias expanded (memoised: linear time)."""
-    if id(node) in seen:
-        return seen[id(node)]
-    seen[id(node)] = 1  # a recursive alias counts once instead of looping
-    children = node.value if isinstance(node.value, list) else []
-    items = (
-        [v for pair in children for v in pair]
-        if children and isinstance(children[0], tuple)
-        else children
-    )
-    size = 1 + sum(_expanded_size(child, seen) for child in items)
-    seen[id(node)] = size
-    return size
-
-
-def check_config(path: Path) -> None:
-    """Read a config as ``ssal fit`` will, refusing what could run code or exhaust memory:
-    a file over 1 MiB, text that is not UTF-8 YAML, tags that construct Python objects
-    (``!!python/object``: refused by the safe loader, nothing runs) and aliases expanding to
-    more than ``MAX_CONFIG_VALUES`` values. Raises ``ValueError``/``FileNotFoundError``."""
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path}: {path.stat().st_size} bytes, too large for a config")
-    try:
-        text = path.read_bytes().decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
-            raise ValueError(f"aliases expand it to more than {MAX_CONFIG_VALUES} values")
-        yaml.safe_load(text)
-    except (ValueError, RecursionError, yaml.YAMLError) as e:
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise ValueError(f"{path}: not a usable config ({reason})") from None
 
 
 def run_lightning_cli(argv: Sequence[str]) -> int:
@@ -316,179 +246,7 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         raise explain_config_error(str(e), argv) from None
     except MisconfigurationException as e:  # Lightning's word for a setting it cannot use
         raise ConfigError(" ".join(str(e).split())[:300]) from None
-    except KeyboardInterrupt:
-        if argv and argv[0] == "fit":
-            raise Interrupted(resume_command(argv)) from None
-        raise
     finally:
         if not inherited:  # a later run in this process derives its own groupings
             os.environ.pop(AutoGroupings.ENV, None)
     return 0
-
-
-# ---------------------------------------------------------------------- config errors
-def _keys_of(cls: Any, prefix: str) -> list[str]:
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return []
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [f"{prefix}{n}" for n, p in params.items() if p.kind in kinds and n != "self"]
-
-
-def _datamodule_classes(class_path: str | None = None) -> dict[str, Any]:
-    """ssal's datamodule classes by public class path: all of them, or the one ``class_path``
-    names (a full path, or a class name as ``--data`` takes it)."""
-    import importlib
-
-    from ssal.data.registry import DATAMODULES
-
-    found = {}
-    for path, (module, name) in DATAMODULES.items():
-        if class_path is None or class_path in (path, name):
-            found[path] = getattr(importlib.import_module(module), name)
-    return found
-
-
-def known_keys(class_path: str | None = None) -> list[str]:
-    """Every key a config may set: trainer, model, checkpoint, data (the datamodule
-    ``class_path`` names, or any of ssal's when it is not known)."""
-    keys = ["seed_everything", "ckpt_path", "config", "trainer", "model", "data", "checkpoint"]
-    keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.")
-    keys += _keys_of(LastAndBestCheckpoint, "checkpoint.")
-    for cls in (_datamodule_classes(class_path) or _datamodule_classes()).values():
-        keys += _keys_of(cls, "data.init_args.") + _keys_of(cls, "data.")
-    return sorted(set(keys))
-
-
-def _data_class_path(argv: Sequence[str]) -> str | None:
-    """The datamodule a command uses: ``--data X`` / ``--data.class_path X`` on the command
-    line, else the last config file that names one."""
-    import yaml
-
-    for i, arg in enumerate(argv[:-1]):
-        if arg in ("--data", "--data.class_path") and not argv[i + 1].startswith("-"):
-            return argv[i + 1]
-    found = None
-    for path in config_files(argv):
-        try:
-            doc = yaml.safe_load(path.read_text()) if path.is_file() else None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if isinstance(data, dict) and isinstance(data.get("class_path"), str):
-            found = data["class_path"]
-    return found
-
-
-def _source(key: str, argv: Sequence[str]) -> str:
-    """Where a key came from: the command line, or the config file(s)."""
-    if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv):
-        return "on the command line"
-    configs = [str(c) for c in config_files(argv)]
-    leaf = key.rsplit(".", 1)[-1]
-    named = [c for c in configs if Path(c).is_file() and leaf in Path(c).read_text()]
-    return f"in {', '.join(named or configs)}" if configs else "in the config"
-
-
-def _did_you_mean(key: str, argv: Sequence[str] = ()) -> str:
-    """For an unknown key: which other of ssal's datamodules takes it, or close keys of the
-    classes in use (the same parent, never the key itself)."""
-    class_path = _data_class_path(argv)
-    parent, _, leaf = key.rpartition(".")
-    if parent in ("data", "data.init_args") and class_path:
-        takers = {
-            c: p for p, c in _datamodule_classes().items() if f"data.{leaf}" in _keys_of(c, "data.")
-        }
-        if takers:
-            verb = "does" if len(takers) == 1 else "do"
-            return (
-                f" ({class_path} takes no {leaf}; {' and '.join(sorted(takers.values()))} {verb})"
-            )
-    siblings = {
-        k.rpartition(".")[2]: k
-        for k in known_keys(class_path)
-        if k != key and k.rpartition(".")[0] == parent
-    }
-    close = difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.75)
-    return f"; did you mean {' or '.join(siblings[c] for c in close)}?" if close else ""
-
-
-def _unknown_key(message: str) -> str | None:
-    """The key an "unknown option" message of jsonargparse is about, if it is one."""
-    nested = re.search(
-        r'Parser key "([^"]+)":.*?Option \'([^\']+)\' is not accepted', message, re.S
-    )
-    if nested:
-        return f"{nested.group(1)}.init_args.{nested.group(2)}"
-    for pattern in (r"does not accept option '([^']+)'", r"unrecognized arguments: --([^\s=]+)"):
-        found = re.search(pattern, message)
-        if found:
-            return found.group(1)
-    return None
-
-
-def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
-    """One line for an error of Lightning's argument parser: which key, where (``located``),
-    what to do."""
-    command = argv[0] if argv else "fit"
-    key = _unknown_key(message)
-    if key:
-        where = _source(key, argv)
-        return ConfigError(
-            f"unknown key {key} {where}{_did_you_mean(key, argv)} (see ssal {command} --help)",
-            True,
-        )
-    bad = re.search(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
-    if bad:
-        key, detail = bad.group(1), bad.group(2)
-        if key == "config":
-            text = " ".join(detail.split())
-            return ConfigError(text.replace("File does not exist", "config file not found"))
-        return ConfigError(f"{key} {_source(key, argv)}: {plain_validation_error(detail)}", True)
-    return ConfigError(plain_validation_error(message))
-
-
-_TYPE_WORDS = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "text",
-    "bool": "true or false",
-    "NoneType": "null",
-    "dict": "a mapping",
-    "list": "a list",
-    "tuple": "a list",
-}
-
-
-def _expected(found: Sequence[str]) -> str:
-    """What jsonargparse's "Expected a ..." lines ask for, in words: the allowed values of
-    its literals merged into one list, then the types."""
-    values: list[str] = []
-    types: list[str] = []
-    for text in found:
-        if text.startswith("typing.Literal["):
-            values += [v.strip().strip("'") for v in text[len("typing.Literal[") : -1].split(",")]
-        else:
-            name = re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>$", r"\1", text)
-            types.append(_TYPE_WORDS.get(name, name))
-    words = [f"one of {', '.join(dict.fromkeys(values))}"] if values else []
-    return " or ".join(words + list(dict.fromkeys(types)))
-
-
-_EXPECTED = re.compile(r"Expected a (<class '[\w.]+'>|typing\.Literal\[.*?\])(?:\.|\n|$)")
-
-
-def plain_validation_error(detail: str) -> str:
-    """jsonargparse's account of a value that does not fit, in one short line: the reason a
-    class gave (``batch_size ... must be >= 1``), or what was expected and what was given."""
-    errors = re.findall(r"^\s*- (.+)$", detail, re.M)
-    reasons = [e.strip() for e in errors if not e.strip().startswith("Expected a ")]
-    if reasons:
-        return " ".join(reasons[0].split())[:300]
-    expected = _EXPECTED.findall(detail)
-    given = re.search(r"(?:Given|Got) value: (.*)", detail)
-    if expected:
-        got = f", got {given.group(1).strip()[:80]!r}" if given else ""
-        return f"expected {_expected(expected)}{got}"
-    return " ".join(detail.split())[:300]

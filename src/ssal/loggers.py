@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 from typing import Any
 
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -28,38 +30,14 @@ def _before_resume(row: dict[str, str], step: int, epoch: int | None = None) -> 
     return epoch is None or int(float(row["epoch"])) <= epoch
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Keeps an existing ``metrics.csv`` (a resumed run) and appends to it.
-
-    Rows logged after the step a run resumes from are dropped first (``_before_resume``): the
-    resumed run logs them again, so nothing is lost and nothing is counted twice.
-    """
-
-    resume_step: int | None = None
-    resume_epoch: int | None = None
-
-    def _check_log_dir_exists(self) -> None:
-        if not self._fs.isfile(self.metrics_file_path):
-            return
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.DictReader(f)
-            keys = list(reader.fieldnames or [])
-            rows = list(reader)
-        self.metrics_keys = sorted(keys)
-        if self.resume_step is not None:
-            kept = [r for r in rows if _before_resume(r, self.resume_step, self.resume_epoch)]
-            if len(kept) != len(rows):
-                with self._fs.open(self.metrics_file_path, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-                    writer.writeheader()
-                    writer.writerows(kept)
-
-
 class ResumableCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger`` that appends to the run's ``metrics.csv`` instead of deleting it.
 
     ``resume_step`` and ``resume_epoch``: the global step and epoch of the checkpoint a run
-    resumes from (rows logged after it are dropped, the resumed run writes them again).
+    resumes from. Rows logged after it are dropped (the resumed run logs them again, so nothing
+    is lost and nothing is counted twice). Lightning's writer deletes an existing
+    ``metrics.csv`` when it is made; the rows are read before and written back after, through
+    public API only.
     """
 
     def __init__(
@@ -72,17 +50,29 @@ class ResumableCSVLogger(CSVLogger):
         super().__init__(*args, **kwargs)
         self.resume_step = resume_step
         self.resume_epoch = resume_epoch
+        self.writer_made = False
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is not None:
-            return self._experiment
-        self._fs.makedirs(self.root_dir, exist_ok=True)
-        writer_cls = type(
-            "_Writer",
-            (_AppendingWriter,),
-            {"resume_step": self.resume_step, "resume_epoch": self.resume_epoch},
-        )
-        self._experiment = writer_cls(log_dir=self.log_dir)
-        return self._experiment
+        if self.writer_made:
+            return super().experiment
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
+        fs = get_filesystem(path)
+        keys: list[str] = []
+        rows: list[dict[str, str]] = []
+        if fs.isfile(path):
+            with fs.open(path, "r", newline="") as f:
+                reader = csv.DictReader(f)
+                keys, rows = list(reader.fieldnames or []), list(reader)
+        writer = super().experiment  # deletes an existing metrics.csv
+        self.writer_made = True
+        if keys:
+            if self.resume_step is not None:
+                rows = [r for r in rows if _before_resume(r, self.resume_step, self.resume_epoch)]
+            writer.metrics_keys = sorted(keys)
+            with fs.open(path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
+                out.writeheader()
+                out.writerows(rows)
+        return writer

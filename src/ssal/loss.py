@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssal.errors import UserError
 from ssal.grouping import Grouping, as_grouping
 from ssal.model import SSALOutput
 
@@ -33,15 +34,15 @@ def smoothing_for(epsilon: float, num_classes: int, convention: Convention) -> f
     ``"paper"``: true class ``1 - e``, others ``e/(k-1)``, i.e. PyTorch's with ``e*k/(k-1)``.
     """
     if not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"label smoothing must be in [0, 1), got {epsilon}")
+        raise UserError(f"label smoothing must be in [0, 1), got {epsilon}")
     if convention == "torch" or epsilon == 0.0:
         return epsilon
     if convention != "paper":
-        raise ValueError(
+        raise UserError(
             f"label smoothing convention must be 'torch' or 'paper', got {convention!r}"
         )
     if num_classes < 2:
-        raise ValueError("label smoothing needs at least 2 classes")
+        raise UserError("label smoothing needs at least 2 classes")
     return min(1.0, epsilon * num_classes / (num_classes - 1))
 
 
@@ -65,7 +66,7 @@ class SSALLoss(nn.Module):
         if isinstance(weights, (int, float)):
             weights = [float(weights)] * len(groupings)
         if len(weights) != len(groupings):
-            raise ValueError(f"{len(weights)} branch weights for {len(groupings)} groupings")
+            raise UserError(f"{len(weights)} branch weights for {len(groupings)} groupings")
         self.weights = [float(w) for w in weights]
         self.label_smoothing = label_smoothing
         self.convention = convention
@@ -83,7 +84,7 @@ class SSALLoss(nn.Module):
     def forward(self, output: SSALOutput | torch.Tensor, target: torch.Tensor) -> LossParts:
         logits, branch_logits = (output, ()) if isinstance(output, torch.Tensor) else output
         if len(branch_logits) != len(self.weights):
-            raise ValueError(
+            raise UserError(
                 f"model has {len(branch_logits)} branches, loss has {len(self.weights)} groupings"
             )
         fine = self._ce(logits, target)

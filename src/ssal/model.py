@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssal.errors import UserError
 from ssal.grouping import Grouping, as_grouping
 from ssal.layouts import build_branch
 
@@ -55,7 +56,7 @@ def resolve_position(backbone: nn.Module, position: str) -> tuple[nn.Module, boo
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"backbone has no module named {name!r} for a branch position{hint}")
+        raise UserError(f"backbone has no module named {name!r} for a branch position{hint}")
     return backbone.get_submodule(name), use_input
 
 
@@ -87,7 +88,7 @@ class SSALModel(nn.Module):
             shapes = self._probe_shapes(targets)
             for i, shape in enumerate(shapes):
                 if len(shape) != 4:
-                    raise ValueError(
+                    raise UserError(
                         f"branch at {self.positions[i]!r} sees a tensor of shape {tuple(shape)}; "
                         "SSAL branches need (N, C, H, W) feature maps"
                     )
@@ -139,7 +140,7 @@ class SSALModel(nn.Module):
                 h.remove()
         missing = [self.positions[i] for i, s in enumerate(shapes) if s is None]
         if missing:
-            raise ValueError(f"branch positions {missing} are never called in the forward pass")
+            raise UserError(f"branch positions {missing} are never called in the forward pass")
         return shapes  # type: ignore[return-value]
 
     @property

@@ -7,13 +7,13 @@ predictions: ``ssal.inference``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from ssal.errors import UserError
 from ssal.grouping import Grouping
 
 __all__ = [
@@ -38,7 +38,7 @@ def _index(g: GroupingLike, device: torch.device) -> torch.Tensor:
 def _alphas(alpha: float | Sequence[float], n: int) -> list[float]:
     alphas = [float(alpha)] * n if isinstance(alpha, (int, float)) else [float(a) for a in alpha]
     if len(alphas) != n:
-        raise ValueError(f"{len(alphas)} alphas for {n} branches")
+        raise UserError(f"{len(alphas)} alphas for {n} branches")
     return alphas
 
 
@@ -129,18 +129,3 @@ def structured_predict(
         joint_class=joint_class,
         joint_prob=joint_prob,
     )
-
-
-_MOVED = {  # names that lived here before ``ssal.inference`` held the image side
-    "describe_predictions",
-    "load_image",
-    "load_images",
-    "predict_images",
-    "predict_tensors",
-}
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED:  # deprecated aliases, kept so older code runs
-        return getattr(importlib.import_module("ssal.inference"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from ssal.errors import UserError
+
 __all__ = [
     "DECAY_KINDS",
     "check_recipe",
@@ -62,7 +64,7 @@ def check_recipe(
     }
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_RECIPE_VALUE:
-            raise ValueError(f"{name} must be a number of 0 to {MAX_RECIPE_VALUE:g}, got {v!r}")
+            raise UserError(f"{name} must be a number of 0 to {MAX_RECIPE_VALUE:g}, got {v!r}")
 
 
 def lr_factor(epoch: float, warmup: int, total: int) -> float:
@@ -111,7 +113,7 @@ def decay_by_kind(
     any kind's value (``ValueError`` for an unknown kind)."""
     unknown = sorted(set(overrides or {}) - set(DECAY_KINDS))
     if unknown:
-        raise ValueError(f"unknown weight decay kinds {unknown}; known: {', '.join(DECAY_KINDS)}")
+        raise UserError(f"unknown weight decay kinds {unknown}; known: {', '.join(DECAY_KINDS)}")
     branch_wd = weight_decay if branch_weight_decay is None else branch_weight_decay
     table = {}
     for kind in DECAY_KINDS:

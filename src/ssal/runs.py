@@ -15,13 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ssal.errors import UserError
+
 __all__ = [
     "RunSource",
     "checkpoint_in",
     "find_runs",
-    "latest_checkpoint",
     "metrics_in",
     "read_metrics_csv",
+    "resumable_runs",
     "val_curve",
 ]
 
@@ -60,7 +62,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunSource]:
     ``ssal/``) stands for all of them, baselines first. Names that repeat get their parent's.
     """
     if not paths:
-        raise ValueError("no run folders given")
+        raise UserError("no run folders given")
     found: list[RunSource] = []
     for raw in paths:
         path = Path(raw)
@@ -93,18 +95,15 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunSource]:
     ]
 
 
-def latest_checkpoint(root: Path) -> tuple[int, Path]:
-    """The newest ``root/version_N/checkpoints/last.ckpt`` as ``(N, path)``."""
+def resumable_runs(root: Path) -> list[Path]:
+    """The run folders ``root/version_N`` that hold ``checkpoints/last.ckpt``, newest (highest
+    ``N``) first."""
     found = sorted(
-        (int(p.parent.parent.name.split("_", 1)[1]), p)
+        (int(p.parent.parent.name.split("_", 1)[1]), p.parent.parent)
         for p in root.glob("version_*/checkpoints/last.ckpt")
         if p.parent.parent.name.split("_", 1)[1].isdigit()
     )
-    if not found:
-        raise FileNotFoundError(
-            f"no checkpoint to resume: nothing matches {root}/version_*/checkpoints/last.ckpt"
-        )
-    return found[-1]
+    return [run for _, run in reversed(found)]
 
 
 def _number(raw: Any) -> float | None:
@@ -137,7 +136,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, dict[str, list[float]]]:
                     s["step"].append(math.nan if step is None else step)
                     s["value"].append(value)
     except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the training log ({e})") from None
+        raise UserError(f"{path}: cannot read the training log ({e})") from None
     return series
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ssal.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from ssal.errors import UserError
 from ssal.files import write_json
 from ssal.runs import checkpoint_in, metrics_in, val_curve
 
@@ -165,14 +166,14 @@ def plan_runs(
     """
     names = list(names) if names else [Path(c).stem for c in configs]
     if len(names) != len(configs) or len(set(names)) != len(names):
-        raise ValueError("give one distinct name per config")
+        raise UserError("give one distinct name per config")
     variants: list[tuple[str, str, tuple[str, ...]]] = [
         (n, c, ()) for n, c in zip(names, configs, strict=True)
     ]
     for item in grid:
         key, _, values = item.partition("=")
         if not key or not values:
-            raise ValueError(f"grid entry {item!r} must read KEY=V1,V2")
+            raise UserError(f"grid entry {item!r} must read KEY=V1,V2")
         tail = key.rsplit(".", 1)[-1]
         variants = [
             (f"{n}-{tail}={v}", c, (*o, f"--{key}={v}"))
@@ -311,26 +312,6 @@ def run_has_branches(folder: Path) -> bool:
     return bool(read_checkpoint(_checkpoint(folder))[CHECKPOINT_KEY]["groupings"])
 
 
-def _records_of_old_summary(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run records rebuilt from a ``study.json`` written before it held ``runs``."""
-    records = []
-    for name, c in summary.get("configs", {}).items():
-        per_seed, curves = c.get("per_seed", {}), c.get("curves", [])
-        for i, seed in enumerate(c.get("seeds", [])):
-            records.append(
-                {
-                    "name": name,
-                    "seed": seed,
-                    "fine_accuracy": per_seed["fine"][i],
-                    "joint_accuracy": per_seed["joint"][i],
-                    "alpha": c["alpha"][i],
-                    "has_branches": bool(c.get("has_branches")),
-                    "curve": curves[i] if i < len(curves) else [],
-                }
-            )
-    return records
-
-
 def read_records(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     """The finished runs a ``study.json`` (or a study folder holding one) records."""
     path = Path(path)
@@ -340,12 +321,12 @@ def read_records(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
     try:
         summary = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{file}: not a readable study.json ({exc})") from None
+        raise UserError(f"{file}: not a readable study.json ({exc})") from None
     if not isinstance(summary, dict):
-        raise ValueError(f"{file}: not a study.json written by ssal study")
+        raise UserError(f"{file}: not a study.json written by ssal study")
     records = summary.get("runs")
-    if records is None:
-        records = _records_of_old_summary(summary)
+    if not isinstance(records, list):
+        raise UserError(f"{file}: no runs recorded; not a study.json written by ssal study")
     return {(r["name"], int(r["seed"])): r for r in records}
 
 
@@ -366,7 +347,7 @@ def load_results(
             continue
         made_with = record.get("fingerprint")
         if made_with is not None and made_with != r.fingerprint():
-            raise ValueError(
+            raise UserError(
                 f"{out}: run {r.name} seed {r.seed} was made with another config file or other "
                 f"options than {r.config} {' '.join(r.overrides)}; study in another --out, or "
                 "with the same settings"
@@ -453,7 +434,7 @@ def summarize(
     """
     baseline = baseline or names[0]
     if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not one of the configs {list(names)}")
+        raise UserError(f"baseline {baseline!r} is not one of the configs {list(names)}")
     configs = {name: _config_summary(results, name) for name in names}
     fine = {
         n: dict(zip(c["seeds"], c["per_seed"]["fine"], strict=True)) for n, c in configs.items()
@@ -539,7 +520,7 @@ def run_study(
     """
     names = list(dict.fromkeys(r.name for r in runs))
     if baseline is not None and baseline not in names:
-        raise ValueError(f"--baseline {baseline!r} is not one of the configs {names}")
+        raise UserError(f"--baseline {baseline!r} is not one of the configs {names}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded = read_records(out)

@@ -16,27 +16,16 @@ import torch
 from torch import nn
 
 from ssal.backbones import create_model, get_entry
-from ssal.checkpoint import (  # load/read/export: here too for code written before 0.2
-    CHECKPOINT_KEY,
-    describe_model,
-    export_checkpoint,
-    groupings_of,
-    load_checkpoint,
-    read_checkpoint,
-)
+from ssal.checkpoint import CHECKPOINT_KEY, describe_model, groupings_of
+from ssal.errors import UserError
 from ssal.grouping import Grouping, check_class_names, groupings_from_spec
+from ssal.lightning_adapter import attached_trainer
 from ssal.loss import SSALLoss
 from ssal.metrics import SSALMetrics
 from ssal.model import SSALModel, SSALOutput
 from ssal.recipe import check_recipe, decay_by_kind, parameter_groups, sgd, warmup_linear_decay
 
-__all__ = [
-    "COMPILE_MODES",
-    "SSALModule",
-    "export_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint",
-]
+__all__ = ["COMPILE_MODES", "SSALModule"]
 
 # torch.compile's modes; "reduce-overhead" and "max-autotune" add CUDA graphs.
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -100,9 +89,9 @@ class SSALModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+            raise UserError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         if schedule_first_epoch < 0:
-            raise ValueError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
+            raise UserError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
         check_recipe(lr, momentum, weight_decay, branch_weight_decay, backbone_lr_factor)
         decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
         self.save_hyperparameters()
@@ -150,7 +139,7 @@ class SSALModule(L.LightningModule):
             return []
         from ssal.callbacks import AutoGroupings
 
-        if self._trainer is not None and any(
+        if attached_trainer(self) is not None and any(
             isinstance(c, AutoGroupings) for c in self.trainer.callbacks
         ):
             return []  # the trainer's own (``out`` chosen by the user) is kept
@@ -161,7 +150,8 @@ class SSALModule(L.LightningModule):
         value = self.hparams[name]
         if value is not None:
             return bool(value)
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        trainer = attached_trainer(self)
+        device = trainer.strategy.root_device if trainer is not None else self.device
         return device.type == "cuda"
 
     def forward_net(self) -> nn.Module:
@@ -177,11 +167,11 @@ class SSALModule(L.LightningModule):
         return self.forward_net()(x)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        dm = getattr(self.trainer, "datamodule", None) if attached_trainer(self) else None
         if dm is None:
             return
         if getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"the data has {dm.num_classes} classes but the model was built for "
                 f"{self.hparams.num_classes}; set --model.num_classes {dm.num_classes}"
             )

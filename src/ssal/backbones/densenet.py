@@ -14,6 +14,7 @@ from torch import nn
 
 from ssal.backbones.common import STANDARD, PooledClassifier, stage_position
 from ssal.conventions import Style
+from ssal.errors import UserError
 
 
 class DenseLayer(nn.Module):
@@ -92,7 +93,7 @@ class DenseNetBC(PooledClassifier):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"DenseNet-BC depth must be 6n + 4 (10, 16, ..., 190), got {depth}")
+            raise UserError(f"DenseNet-BC depth must be 6n + 4 (10, 16, ..., 190), got {depth}")
         n = (depth - 4) // 6
         c = 2 * growth
         self.stem = style.conv(in_channels, c, 3)

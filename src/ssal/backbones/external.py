@@ -23,6 +23,7 @@ from torch import nn
 
 from ssal.backbones.entry import ModelEntry, Network
 from ssal.backbones.families.imagenet import IMAGENET_BRANCHES, IMAGENET_LAYOUTS, IMAGENET_PAPER
+from ssal.errors import UserError
 from ssal.layouts import Block, parse_layout
 
 __all__ = [
@@ -59,7 +60,7 @@ def quarter_stages(stages: Sequence[str]) -> list[str]:
     """The stages at about 1/4, 1/2 and 3/4 of the depth (the first three of four)."""
     n = len(stages)
     if n < 3:
-        raise ValueError(
+        raise UserError(
             f"found {n} stage(s) with (N, C, H, W) feature maps where SSAL's three branches need "
             "3; give the positions by module name (--model.positions)"
         )
@@ -145,7 +146,7 @@ def import_timm() -> ModuleType:
     try:
         import timm
     except ImportError:
-        raise ValueError(
+        raise UserError(
             "timm backbones need timm: pip install 'ssal[timm]' (or pip install timm)"
         ) from None
     return timm
@@ -162,7 +163,7 @@ def build_published(name: str, build: Callable[..., nn.Module], **kwargs: object
         if isinstance(e, ValueError) and "timm" in str(e) and "pip install" in str(e):
             raise
         reason = " ".join(str(e).split())[:160]
-        raise ValueError(
+        raise UserError(
             f"published weights of {name} could not be loaded ({reason}); without network the "
             f"file must be in {_weights_source(name)[0]} (download it where there is network), "
             "or give --model.pretrained PATH"

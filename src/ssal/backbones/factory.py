@@ -11,6 +11,7 @@ from torch import nn
 from ssal.backbones.entry import ModelEntry
 from ssal.backbones.registry import get_entry
 from ssal.backbones.weights import load_backbone_weights
+from ssal.errors import UserError
 from ssal.grouping import Grouping, as_grouping
 from ssal.model import BranchSpec, SSALModel
 
@@ -72,7 +73,7 @@ def _backbone(
     network = entry.network
     if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
         if network.pretrained_build is None:
-            raise ValueError(
+            raise UserError(
                 f"{entry.name} has no published weights; give a file: --model.pretrained PATH"
             )
         return network.pretrained_build(num_classes=num_classes, in_channels=in_channels)
@@ -102,15 +103,15 @@ def _branch_specs(
     k = len(groups)
     pos = list(positions or entry.branches.positions)
     if k > len(pos):
-        raise ValueError(f"{k} groupings but {name} has {len(pos)} branch positions")
+        raise UserError(f"{k} groupings but {name} has {len(pos)} branch positions")
     pos, lay = pos[len(pos) - k :], _deepest(layouts or entry.branches.layouts, k)
     if len(lay) == 1:
         lay = lay * k
     if len(lay) != k:
-        raise ValueError(f"{name}: {len(lay)} layouts for {k} branches; give one per branch")
+        raise UserError(f"{name}: {len(lay)} layouts for {k} branches; give one per branch")
     for g in groups:
         if g.num_classes != num_classes:
-            raise ValueError(
+            raise UserError(
                 f"grouping {g.name!r} covers {g.num_classes} classes, model has {num_classes}"
             )
     return [BranchSpec(p, lay_, g) for p, lay_, g in zip(pos, lay, groups, strict=True)]

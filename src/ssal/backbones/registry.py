@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ssal.backbones.entry import ModelEntry
+from ssal.errors import UserError
 
 __all__ = ["get_entry", "list_families", "list_models", "register_family", "register_model"]
 
@@ -72,9 +73,9 @@ def list_models(families: bool = True) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; ``ValueError`` listing the known names otherwise."""
+    """The registry entry of ``name``; ``UserError`` listing the known names otherwise."""
     if not isinstance(name, str):  # a config's `model: null` or a list
-        raise ValueError(f"model must be a model name, got {name!r}; see `ssal models`")
+        raise UserError(f"model must be a model name, got {name!r}; see `ssal models`")
     if name in _MODELS:
         return _MODELS[name]()
     for family in _FAMILIES:
@@ -82,4 +83,4 @@ def get_entry(name: str) -> ModelEntry:
         if m:
             return family.entry(m)
     known = ", ".join(list_models())
-    raise ValueError(f"unknown model {name!r}; known: {known} (families take other numbers)")
+    raise UserError(f"unknown model {name!r}; known: {known} (families take other numbers)")

@@ -23,6 +23,7 @@ from torch import nn
 
 from ssal.backbones.common import STANDARD, PooledClassifier, stage_position
 from ssal.conventions import Style
+from ssal.errors import UserError
 
 
 class PreActBottleneck(nn.Module):
@@ -89,7 +90,7 @@ class PreActResNet(PooledClassifier):
         super().__init__()
         strides = list(strides or [1] + [2] * (len(blocks) - 1))
         if len(strides) != len(blocks):
-            raise ValueError(f"{len(strides)} strides for {len(blocks)} stages")
+            raise UserError(f"{len(strides)} strides for {len(blocks)} stages")
         self.stem: nn.Module = style.conv(in_channels, base, stem_kernel)
         if stem_activation:
             self.stem = nn.Sequential(self.stem, style.norm(base), nn.ReLU(inplace=True))

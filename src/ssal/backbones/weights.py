@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssal.errors import UserError
+
 __all__ = ["load_backbone_weights"]
 
 _PREFIXES = ("net.backbone.", "backbone.", "module.", "model.")
@@ -28,13 +30,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, in
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch raise many kinds for a bad file
-        raise ValueError(
+        raise UserError(
             f"{path}: not a loadable state dict ({' '.join(str(e).split())[:120]})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
+        raise UserError(f"{path}: expected a dict of tensors (a state dict)")
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
@@ -59,6 +61,6 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, in
             )
             if keys
         )
-        raise ValueError(f"{path}: weights do not fit the backbone ({detail})")
+        raise UserError(f"{path}: weights do not fit the backbone ({detail})")
     backbone.load_state_dict(state, strict=False)
     return {"loaded": len(state), "skipped": len(skipped)}

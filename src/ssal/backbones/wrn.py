@@ -17,6 +17,7 @@ from torch import nn
 
 from ssal.backbones.common import STANDARD, PooledClassifier, stage_position
 from ssal.conventions import Style, initialize
+from ssal.errors import UserError
 
 
 class SqueezeExcitation(nn.Module):
@@ -92,7 +93,7 @@ class WideResNet(PooledClassifier):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4 (10, 16, 22, 28, ...), got {depth}")
+            raise UserError(f"WRN depth must be 6n + 4 (10, 16, 22, 28, ...), got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.blocks_per_group = n

@@ -23,7 +23,7 @@ from ssal.cli import (
     report,
     study,
 )
-from ssal.cli.common import USER_ERRORS, Parser, configure_output, one_line
+from ssal.cli.common import USER_ERRORS, Parser, configure_output, one_line, report_bug
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +55,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssal`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(argv)
     debug, verbose = "--debug" in argv, "--verbose" in argv
     argv = [a for a in argv if a not in ("--debug", "--verbose")]  # anywhere on the line
     try:
@@ -74,3 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output left (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as e:  # no user causes these: a bug, with its traceback
+        if debug:
+            raise
+        return report_bug(e, given)

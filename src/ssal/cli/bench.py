@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ssal.cli.common import UserError, show_table
+from ssal.cli.common import show_table
+from ssal.errors import UserError
 from ssal.files import write_json
 
 __all__ = ["add_parser", "run"]

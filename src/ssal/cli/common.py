@@ -9,10 +9,12 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ssal.errors import PATH_ERRORS, UserError
+
 __all__ = [
     "USER_ERRORS",
     "Parser",
-    "UserError",
+    "report_bug",
     "add_data_args",
     "checkpoint_data",
     "configure_output",
@@ -28,20 +30,10 @@ __all__ = [
 ]
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line."""
-
-
-USER_ERRORS = (
-    UserError,
-    ValueError,
-    FileNotFoundError,
-    FileExistsError,
-    IsADirectoryError,
-    NotADirectoryError,
-    PermissionError,
-)
-"""What ends a command with one ``ssal: error:`` line (exit code 2) instead of a traceback."""
+USER_ERRORS = (UserError, *PATH_ERRORS)
+"""What ends a command with one ``ssal: error:`` line (exit code 2) instead of a traceback:
+ssal's ``UserError`` (``ConfigError`` included), and the OS errors about a path the user named.
+Anything else is a bug: its traceback, a line saying so, exit code 1 (``report_bug``)."""
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -131,6 +123,25 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def report_bug(error: BaseException, argv: Sequence[str]) -> int:
+    """Print the traceback of an error no user can cause, then one line that says it is a bug
+    and what a report needs (the command and ssal's version); returns exit code 1."""
+    import shlex
+    import traceback
+
+    from ssal import __version__
+
+    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    command = " ".join(shlex.quote(a) for a in ["ssal", *argv])
+    print(
+        f"ssal: error: this is a bug in ssal {__version__} ({type(error).__name__}), not a "
+        f"mistake of yours; please report it with the command ({command}) and the traceback "
+        "above",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def pct(v: float | None) -> str:
     """A fraction as a percentage; ``-`` for None or NaN (nothing to measure)."""
     return "-" if v is None or v != v else f"{100 * v:.2f}%"
@@ -163,7 +174,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="data folder (default: the one the checkpoint was trained on)",
     )
-    p.add_argument("--data.data_dir", dest="data_dir", help=argparse.SUPPRESS)  # older spelling
     p.add_argument(
         "--batch-size", type=int, metavar="N", help="evaluation batch size (default: the data's)"
     )

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="write a dataset as WebDataset shards for streaming",
         description="Write a dataset as WebDataset shards plus meta.json, to stream from "
-        "shared or object storage (ssal.shards.ShardDataModule).",
+        "shared or object storage (ssal.data.ShardDataModule).",
     )
     p.add_argument(
         "--dataset",

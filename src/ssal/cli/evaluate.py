@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ssal.cli.common import (
-    UserError,
     add_data_args,
     checkpoint_data,
     device,
@@ -14,6 +13,7 @@ from ssal.cli.common import (
     track,
     warn,
 )
+from ssal.errors import UserError
 from ssal.files import write_json
 
 __all__ = ["add_parser", "run"]

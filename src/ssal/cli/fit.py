@@ -21,7 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(argv: list[str], debug: bool, verbose: bool) -> int:
     """Run ``ssal fit|validate|test ...`` (``argv`` starts with the subcommand)."""
     from ssal.cli.common import USER_ERRORS, configure_output, one_line
-    from ssal.lightning_cli import Interrupted, run_lightning_cli
+    from ssal.lightning_cli import run_lightning_cli
+    from ssal.resume import Interrupted
 
     configure_output(verbose)  # after Lightning is imported: it sets its loggers on import
     try:
@@ -34,7 +35,7 @@ def run(argv: list[str], debug: bool, verbose: bool) -> int:
         print(f"ssal: error: {message}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"ssal: interrupted; resume with: {e}", file=sys.stderr)
+        print(f"ssal: {e}", file=sys.stderr)
         return 130
 
 
@@ -75,7 +76,7 @@ def _with_configs(message: str, argv: list[str]) -> str:
     """``message`` with where its value came from: the command line, where it is about a
     value given there, or else the config files of the run, unless it names them or the file
     it is about."""
-    from ssal.lightning_cli import config_files
+    from ssal.config_files import config_files
 
     if _names_its_file(message):
         return message

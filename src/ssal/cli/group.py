@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssal.cli.common import UserError, add_data_args, checkpoint_data, device, say, track
+from ssal.cli.common import add_data_args, checkpoint_data, device, say, track
+from ssal.errors import UserError
 
 __all__ = ["add_parser", "run"]
 
@@ -76,7 +77,7 @@ def _read_names(path: str) -> list[str]:
         try:
             return [str(n) for n in json.loads(text)]
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not a JSON list of names ({e})") from None
+            raise UserError(f"{p}: not a JSON list of names ({e})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -90,20 +91,20 @@ def _npy_header(p: Path) -> tuple[tuple[int, ...], np.dtype]:
 
     with open(p, "rb") as f:
         if f.read(6) != npy.MAGIC_PREFIX:
-            raise ValueError("not a .npy file (wrong magic string)")
+            raise UserError("not a .npy file (wrong magic string)")
         f.seek(0)
         version = npy.read_magic(f)
         if version not in ((1, 0), (2, 0), (3, 0)):
-            raise ValueError(f"unknown .npy version {version}")
+            raise UserError(f"unknown .npy version {version}")
         read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         shape, _, dtype = read(f)
         data = p.stat().st_size - f.tell()
     if dtype.kind not in "biuf":
-        raise ValueError(f"holds {dtype} values, expected numbers")
+        raise UserError(f"holds {dtype} values, expected numbers")
     if len(shape) != 2 or shape[0] != shape[1] or not 1 <= shape[0] <= MAX_CLASSES:
-        raise ValueError(f"shape {shape}, expected a square (C, C) matrix")
+        raise UserError(f"shape {shape}, expected a square (C, C) matrix")
     if data != shape[0] * shape[1] * dtype.itemsize:
-        raise ValueError(
+        raise UserError(
             f"shape {shape} needs {shape[0] ** 2 * dtype.itemsize} bytes, the file "
             f"holds {data}: truncated or corrupt"
         )
@@ -120,10 +121,10 @@ def _read_confusion(path: str) -> np.ndarray:
         m = np.load(p, allow_pickle=False)
     except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, TokenError
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{p}: not a .npy confusion matrix ({reason})") from None
+        raise UserError(f"{p}: not a .npy confusion matrix ({reason})") from None
     m = m.astype(np.float64)
     if not np.all(np.isfinite(m)) or np.any(m < 0):
-        raise ValueError(f"{p}: the confusion matrix holds negative, NaN or infinite values")
+        raise UserError(f"{p}: the confusion matrix holds negative, NaN or infinite values")
     return m
 
 
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.classes is not None and classes != args.classes:
         raise UserError(f"the groupings cover {classes} classes, --classes says {args.classes}")
     if names is not None and len(names) != classes:
-        raise ValueError(f"{args.names}: {len(names)} names for {classes} classes")
+        raise UserError(f"{args.names}: {len(names)} names for {classes} classes")
     out = save_groupings(args.out, groupings, names)
     label = (lambda c: names[c]) if names is not None else str
     for g in groupings:

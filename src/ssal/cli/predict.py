@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ssal.cli.common import UserError, console, device, pct, say, show_table, warn
+from ssal.cli.common import console, device, pct, say, show_table, warn
+from ssal.errors import UserError
 
 __all__ = ["add_parser", "run"]
 
@@ -106,7 +107,7 @@ def _predict(
 
     def skip(path: Path, reason: str) -> None:
         if args.strict:
-            raise ValueError(f"{reason}; stopped (--strict)")
+            raise UserError(f"{reason}; stopped (--strict)")
         skipped.append(str(path))
         warn(f"skipped {reason}")
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ssal.cli.common import add_data_args, device, pct, say, show_table, track, warn
+from ssal.errors import UserError
 from ssal.files import write_json
 
 __all__ = ["add_parser", "run"]
@@ -67,7 +68,7 @@ def _study(args: argparse.Namespace) -> int:
     from ssal.report import write_study_report
 
     if len(args.runs) > 1:
-        raise ValueError("give one study folder (or study.json), or run folders without a study")
+        raise UserError("give one study folder (or study.json), or run folders without a study")
     path, data, summary = write_study_report(args.runs[0], args.out)
     if args.json:
         write_json(args.json, data)

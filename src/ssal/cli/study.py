@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssal.cli.common import UserError, console, show_table
+from ssal.cli.common import console, show_table
+from ssal.errors import UserError
 
 __all__ = ["add_parser", "print_study", "run"]
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ssal.errors import UserError
+
 __all__ = ["ImageArrays"]
 
 
@@ -27,25 +29,25 @@ class ImageArrays:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(
+            raise UserError(
                 "ImageArrays.images must be a uint8 tensor of shape (N, C, H, W), got "
                 f"{self.images.dtype} of shape {tuple(self.images.shape)}"
             )
         if self.labels.dtype != torch.int64 or self.labels.ndim != 1:
-            raise ValueError(
+            raise UserError(
                 "ImageArrays.labels must be an int64 tensor of shape (N,), got "
                 f"{self.labels.dtype} of shape {tuple(self.labels.shape)}"
             )
         if len(self.labels) != len(self.images):
-            raise ValueError(
+            raise UserError(
                 f"ImageArrays has {len(self.images)} images but {len(self.labels)} labels"
             )
         if not self.class_names:
-            raise ValueError("ImageArrays.class_names must not be empty")
+            raise UserError("ImageArrays.class_names must not be empty")
         if len(self.labels) > 0:
             low, high = int(self.labels.min()), int(self.labels.max())
             if low < 0 or high >= len(self.class_names):
-                raise ValueError(
+                raise UserError(
                     f"ImageArrays labels span [{low}, {high}] but there are only "
                     f"{len(self.class_names)} class names"
                 )

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssal.errors import UserError
+
 __all__ = [
     "collate_encoded",
     "decode_images",
@@ -49,14 +51,14 @@ def open_image(source: str | Path | bytes, name: str | Path) -> Any:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except UnidentifiedImageError:
-        raise ValueError(f"{name}: cannot read image (not a known image format)") from None
+        raise UserError(f"{name}: cannot read image (not a known image format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(
+        raise UserError(
             f"{name}: cannot read image ({_reason(e)}; raise PIL.Image.MAX_IMAGE_PIXELS to allow "
             "larger images)"
         ) from None
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise ValueError(f"{name}: cannot read image ({_reason(e)})") from None
+        raise UserError(f"{name}: cannot read image ({_reason(e)})") from None
 
 
 def pil_to_mode(img: Any, in_channels: int) -> Any:
@@ -83,7 +85,7 @@ def load_pil(source: str | Path | bytes, in_channels: int, name: str | Path | No
             img.load()
             return pil_to_mode(img, in_channels)
     except Exception as e:  # truncated or corrupt pixel data
-        raise ValueError(f"{name}: cannot read image ({_reason(e)})") from None
+        raise UserError(f"{name}: cannot read image ({_reason(e)})") from None
 
 
 def load_rgb(path: str) -> Any:
@@ -97,7 +99,7 @@ def read_file(path: str) -> tuple[torch.Tensor, str]:
     from a DataLoader worker (the loader hangs)."""
     data = Path(path).read_bytes()
     if not data:
-        raise ValueError(f"{path}: empty image file")
+        raise UserError(f"{path}: empty image file")
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), path
 
 
@@ -132,7 +134,7 @@ def decode_on_cpu(data: torch.Tensor | bytes, in_channels: int, name: str) -> to
         try:
             return decode_jpeg(tensor, mode=mode)
         except RuntimeError as e:
-            raise ValueError(f"{name}: cannot read image ({_reason(e)})") from None
+            raise UserError(f"{name}: cannot read image ({_reason(e)})") from None
     img = np.asarray(load_pil(raw, in_channels, name))
     return torch.from_numpy(img.copy()).reshape(img.shape[0], img.shape[1], -1).permute(2, 0, 1)
 

@@ -20,6 +20,7 @@ from ssal.data.transforms import (
     random_resized_crop_box,
     resize_for_model,
 )
+from ssal.errors import UserError
 
 __all__ = ["ImageFolderDataModule", "default_workers"]
 
@@ -92,22 +93,22 @@ class ImageFolderDataModule(SSALDataModule):
     ) -> None:
         super().__init__()
         if image_size < 1 or batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(
+            raise UserError(
                 f"image_size, batch_size and eval_batch_size must be >= 1, got {image_size}, "
                 f"{batch_size}, {eval_batch_size}"
             )
         if num_workers is not None and num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise UserError(f"num_workers must be >= 0, got {num_workers}")
         if heldout < 0:
-            raise ValueError(f"heldout must be >= 0, got {heldout}")
+            raise UserError(f"heldout must be >= 0, got {heldout}")
         mean = list(IMAGENET_MEAN) if mean is None else [float(m) for m in mean]
         std = list(IMAGENET_STD) if std is None else [float(s) for s in std]
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each with std > 0, got {mean}, {std}")
+            raise UserError(f"mean and std need 3 values each with std > 0, got {mean}, {std}")
         if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]:
-            raise ValueError(f"crop_scale must be [low, high], 0 < low <= high; got {crop_scale}")
+            raise UserError(f"crop_scale must be [low, high], 0 < low <= high; got {crop_scale}")
         if color_jitter and decode_on_device:
-            raise ValueError(
+            raise UserError(
                 "color_jitter runs in the loader workers: set decode_on_device false to use it"
             )
         self.save_hyperparameters()
@@ -155,7 +156,7 @@ class ImageFolderDataModule(SSALDataModule):
         val = ImageFolder(str(root / "val"), transform=eval_tf, loader=load_rgb)
         if train_full.classes != val.classes:
             missing = sorted(set(train_full.classes) ^ set(val.classes))
-            raise ValueError(
+            raise UserError(
                 f"class folders differ between {root / 'train'} and {root / 'val'} "
                 f"(e.g. {missing[:5]}); {layout}"
             )
@@ -212,7 +213,7 @@ class ImageFolderDataModule(SSALDataModule):
         self.setup()
         assert self.heldout_set is not None
         if len(self.heldout_set) == 0:  # type: ignore[arg-type]
-            raise ValueError("no held-out data: set heldout to a fraction > 0 or a count >= 1")
+            raise UserError("no held-out data: set heldout to a fraction > 0 or a count >= 1")
         return self._loader(self.heldout_set, self.eval_batch_size, train=False)
 
     def crop_batch(self, images: Sequence[torch.Tensor], train: bool) -> torch.Tensor:

@@ -11,6 +11,7 @@ from ssal.data.loaders import batch_loader
 from ssal.data.readers import DATASET_SHAPES, canonical_name, load_dataset
 from ssal.data.splits import channel_stats, stratified_split
 from ssal.data.transforms import check_shift_options, shift_flip
+from ssal.errors import UserError
 
 __all__ = ["InMemoryDataModule"]
 
@@ -67,21 +68,21 @@ class InMemoryDataModule(SSALDataModule):
         super().__init__()
         self.dataset = canonical_name(dataset)
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(
+            raise UserError(
                 f"batch_size and eval_batch_size must be >= 1, got {batch_size} and "
                 f"{eval_batch_size}"
             )
         if normalization not in ("channel", "unit"):
-            raise ValueError(f"normalization must be 'channel' or 'unit', got {normalization!r}")
+            raise UserError(f"normalization must be 'channel' or 'unit', got {normalization!r}")
         if max_shift < 0:
-            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+            raise UserError(f"max_shift must be >= 0, got {max_shift}")
         check_shift_options(shift_draw, pad_mode)
         if heldout < 0:
-            raise ValueError(f"heldout must be >= 0, got {heldout}")
+            raise UserError(f"heldout must be >= 0, got {heldout}")
         if train_size is not None and train_size < 1:
-            raise ValueError(f"train_size must be >= 1 or None, got {train_size}")
+            raise UserError(f"train_size must be >= 1 or None, got {train_size}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise UserError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -115,7 +116,7 @@ class InMemoryDataModule(SSALDataModule):
             keep, _ = stratified_split(full.labels, len(full) - self.train_size, self.seed)
             full = full.subset(keep)
         elif self.train_size is not None and self.train_size > len(full):
-            raise ValueError(
+            raise UserError(
                 f"train_size={self.train_size} exceeds the {len(full)} training images of "
                 f"{self.dataset}"
             )
@@ -124,7 +125,7 @@ class InMemoryDataModule(SSALDataModule):
         if self.normalization == "channel":
             mean, std = channel_stats(train.images)
             if min(std) <= 0:
-                raise ValueError(
+                raise UserError(
                     f"a channel of the {self.dataset} training images is constant (std 0); use "
                     "normalization='unit'"
                 )
@@ -208,7 +209,7 @@ class InMemoryDataModule(SSALDataModule):
     def _loader(self, arrays: ImageArrays, batch_size: int, train: bool) -> DataLoader:
         replicas, rank = self.replicas()
         if train and len(arrays) // replicas < batch_size:
-            raise ValueError(
+            raise UserError(
                 f"the training part has {len(arrays)} images ({len(arrays) // replicas} per "
                 f"device), fewer than batch_size={batch_size}; lower batch_size"
             )
@@ -240,7 +241,7 @@ class InMemoryDataModule(SSALDataModule):
         self._ready()
         assert self.heldout_arrays is not None
         if len(self.heldout_arrays) == 0:
-            raise ValueError("no held-out data: set heldout to a fraction > 0 or a count >= 1")
+            raise UserError("no held-out data: set heldout to a fraction > 0 or a count >= 1")
         return self._loader(self.heldout_arrays, self.eval_batch_size, train=False)
 
     # ---- device-side processing -------------------------------------------------------------

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ssal.data.arrays import ImageArrays
+from ssal.errors import UserError
 
 __all__ = ["BatchIndexDataset", "EpochBatchSampler", "batch_loader"]
 
@@ -58,11 +59,11 @@ class EpochBatchSampler(DistributedSampler):
         rank: int = 0,
     ) -> None:
         if dataset_size < 0:
-            raise ValueError(f"dataset_size must be >= 0, got {dataset_size}")
+            raise UserError(f"dataset_size must be >= 0, got {dataset_size}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
+            raise UserError(
                 f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
                 f"num_replicas={num_replicas}, rank={rank}"
             )

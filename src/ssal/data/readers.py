@@ -22,6 +22,7 @@ import torch
 
 from ssal.data.arrays import ImageArrays
 from ssal.data.safe_pickle import RefusedGlobal, load_plain_pickle
+from ssal.errors import UserError
 
 __all__ = [
     "CIFAR_URLS",
@@ -126,16 +127,16 @@ def _extract_tar(archive: Path, dest: Path, folder: str) -> None:
                     for member in tar.getmembers():
                         name = Path(member.name)
                         if name.is_absolute() or ".." in name.parts:
-                            raise ValueError(f"unsafe path {member.name!r} in archive")
+                            raise UserError(f"unsafe path {member.name!r} in archive")
                     tar.extractall(tmp)
         except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-            raise ValueError(
+            raise UserError(
                 f"Could not extract {archive}: {err}. The archive is truncated or corrupt; "
                 "delete it and download it again."
             ) from err
         extracted = tmp / folder
         if not extracted.is_dir():
-            raise ValueError(
+            raise UserError(
                 f"Archive {archive} does not contain the folder {folder!r}; it is not the "
                 "expected dataset archive."
             )
@@ -163,19 +164,19 @@ def _unpickle_cifar(path: Path) -> dict[str, Any]:
     try:
         entry = load_plain_pickle(path)
     except RefusedGlobal as err:
-        raise ValueError(
+        raise UserError(
             f"CIFAR file {path} names {err.qualified_name}, which no CIFAR file holds; it was "
             "refused and nothing ran. Delete the file and extract it again from the official "
             "archive (https://www.cs.toronto.edu/~kriz/cifar.html)."
         ) from None
     except Exception as err:  # garbled pickles can raise almost any exception type
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise ValueError(
+        raise UserError(
             f"Could not read CIFAR file {path} ({type(err).__name__}: {reason}); it is truncated "
             "or not a CIFAR python-format file. Re-extract it from the official archive."
         ) from None
     if not isinstance(entry, dict):
-        raise ValueError(
+        raise UserError(
             f"CIFAR file {path} holds a {type(entry).__name__}, expected a dict; it is not a "
             "CIFAR python-format file. Re-extract it from the official archive."
         )
@@ -184,7 +185,7 @@ def _unpickle_cifar(path: Path) -> dict[str, Any]:
 
 def _require_key(entry: dict[str, Any], key: str, path: Path) -> Any:
     if key not in entry:
-        raise ValueError(
+        raise UserError(
             f"CIFAR file {path} has no {key!r} entry (found {sorted(entry)[:10]}); it is not the "
             "expected CIFAR file. Re-extract it from the official archive."
         )
@@ -193,15 +194,13 @@ def _require_key(entry: dict[str, Any], key: str, path: Path) -> Any:
 
 def _decode_names(names: Any, path: Path, key: str, expected: int) -> list[str]:
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
-        raise ValueError(f"CIFAR meta file {path}: {key!r} must be a list of strings")
+        raise UserError(f"CIFAR meta file {path}: {key!r} must be a list of strings")
     try:
         decoded = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
     except UnicodeDecodeError:
-        raise ValueError(
-            f"CIFAR meta file {path}: {key!r} holds names that are not UTF-8"
-        ) from None
+        raise UserError(f"CIFAR meta file {path}: {key!r} holds names that are not UTF-8") from None
     if len(decoded) != expected:
-        raise ValueError(
+        raise UserError(
             f"CIFAR meta file {path}: {key!r} lists {len(decoded)} classes, expected {expected}"
         )
     return decoded
@@ -214,22 +213,22 @@ def _read_cifar_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.
     labels_raw = _require_key(entry, layout.label_key, path)
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         shape = getattr(data, "shape", type(data).__name__)
-        raise ValueError(
+        raise UserError(
             f"CIFAR file {path}: 'data' must be an (N, 3072) array of 32x32 RGB images, got {shape}"
         )
     if data.dtype != np.uint8:
-        raise ValueError(f"CIFAR file {path}: 'data' must be uint8, got {data.dtype}")
+        raise UserError(f"CIFAR file {path}: 'data' must be uint8, got {data.dtype}")
     try:
         labels = np.asarray(labels_raw, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"CIFAR file {path}: {layout.label_key!r} is not a list of ints") from None
+        raise UserError(f"CIFAR file {path}: {layout.label_key!r} is not a list of ints") from None
     if labels.ndim != 1 or len(labels) != len(data):
-        raise ValueError(
+        raise UserError(
             f"CIFAR file {path}: {len(data)} images but {layout.label_key!r} has shape "
             f"{labels.shape}"
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= layout.num_classes):
-        raise ValueError(
+        raise UserError(
             f"CIFAR file {path}: labels span [{labels.min()}, {labels.max()}], expected "
             f"0..{layout.num_classes - 1}"
         )
@@ -255,9 +254,9 @@ def load_cifar(
         ImageArrays with images uint8 (N, 3, 32, 32) in RGB order and labels int64 (N,).
     """
     if name not in _CIFAR_LAYOUTS:
-        raise ValueError(f"Unknown CIFAR variant {name!r}; use 'cifar10' or 'cifar100'")
+        raise UserError(f"Unknown CIFAR variant {name!r}; use 'cifar10' or 'cifar100'")
     if split not in ("train", "test"):
-        raise ValueError(f"Unknown split {split!r}; use 'train' or 'test'")
+        raise UserError(f"Unknown split {split!r}; use 'train' or 'test'")
     layout = _CIFAR_LAYOUTS[name]
     root = Path(data_dir).expanduser()
     folder = root / layout.folder
@@ -324,10 +323,10 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         with _open_idx(path) as f:
             head = f.read(header)
             if len(head) < header:
-                raise ValueError(f"{path} is too short ({len(head)} bytes) to be an idx file")
+                raise UserError(f"{path} is too short ({len(head)} bytes) to be an idx file")
             magic = int.from_bytes(head[:4], "big")
             if magic != expected_magic:
-                raise ValueError(
+                raise UserError(
                     f"{path} has magic number {magic:#010x}, expected {expected_magic:#010x} (idx "
                     f"file of unsigned bytes with {ndim} dimension(s)); it is not the right idx "
                     "file or is corrupt."
@@ -335,18 +334,18 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
             count = math.prod(dims)
             if count > MAX_IDX_BYTES:
-                raise ValueError(
+                raise UserError(
                     f"{path} declares shape {tuple(dims)} ({count} bytes of data), more than an "
                     f"idx file of this dataset holds; it is corrupt. {_FASHION_HELP}"
                 )
             raw = f.read(count + 1)  # one byte more: trailing data is an error too
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(
+        raise UserError(
             f"Could not read {path} ({err}); the file is truncated or corrupt. {_FASHION_HELP}"
         ) from None
     if len(raw) != count:
         held = f"{len(raw)} bytes" if len(raw) <= count else "more"
-        raise ValueError(
+        raise UserError(
             f"{path} declares shape {tuple(dims)} ({count} bytes of data) but holds {held}; the "
             f"file is truncated or corrupt. {_FASHION_HELP}"
         )
@@ -372,7 +371,7 @@ def load_fashion_mnist(
         ImageArrays with images uint8 (N, 1, 28, 28) and labels int64 (N,), 10 classes.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"Unknown split {split!r}; use 'train' or 'test'")
+        raise UserError(f"Unknown split {split!r}; use 'train' or 'test'")
     if data_dir is not None:
         candidates = [Path(data_dir).expanduser(), Path(data_dir).expanduser() / "fashion-mnist"]
     else:
@@ -392,13 +391,13 @@ def load_fashion_mnist(
     images = _read_idx(image_path, ndim=3)
     labels = _read_idx(label_path, ndim=1).astype(np.int64)
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{image_path} holds images of size {images.shape[1:]}, expected 28x28")
+        raise UserError(f"{image_path} holds images of size {images.shape[1:]}, expected 28x28")
     if len(images) != len(labels):
-        raise ValueError(
+        raise UserError(
             f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels"
         )
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{label_path} has label {labels.max()}, expected 0..9")
+        raise UserError(f"{label_path} has label {labels.max()}, expected 0..9")
     return ImageArrays(
         images=torch.from_numpy(images).unsqueeze(1),
         labels=torch.from_numpy(labels),
@@ -412,7 +411,7 @@ def canonical_name(name: str) -> str:
         key, key
     )
     if key not in KNOWN_DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
+        raise UserError(f"Unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     return key
 
 

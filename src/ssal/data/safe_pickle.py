@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ssal.errors import UserError
+
 __all__ = ["MAX_OPCODES", "MAX_PICKLE_BYTES", "RefusedGlobal", "load_plain_pickle"]
 
 MAX_PICKLE_BYTES = 384 * 2**20
@@ -206,7 +208,7 @@ def load_plain_pickle(
     """
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{size} bytes, more than the {max_bytes} a dataset pickle may hold")
+        raise UserError(f"{size} bytes, more than the {max_bytes} a dataset pickle may hold")
     data = path.read_bytes()
     _check_opcodes(data, max_opcodes)
     return _resolve(_PlainUnpickler(io.BytesIO(data), encoding="bytes").load())

@@ -32,6 +32,7 @@ from ssal.data.transforms import (
     folder_transforms,
     shift_flip,
 )
+from ssal.errors import UserError
 from ssal.files import read_json, write_json
 
 __all__ = ["ShardDataModule", "convert_to_shards", "read_meta"]
@@ -94,10 +95,10 @@ def convert_to_shards(
     Returns the ``meta.json`` document.
     """
     if shard_size < 1:
-        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+        raise UserError(f"shard size must be >= 1, got {shard_size}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty; give a new folder for the shards")
+        raise UserError(f"{out} is not empty; give a new folder for the shards")
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"format": FORMAT, "version": 1, "source": source, "splits": {}}
     if source == "imagefolder":
@@ -109,7 +110,7 @@ def convert_to_shards(
                 raise FileNotFoundError(f"{root / sub} not found: expected train/ and val/ folders")
         train, val = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
         if val.classes != train.classes:
-            raise ValueError(f"{root}: train/ and val/ hold different class folders")
+            raise UserError(f"{root}: train/ and val/ hold different class folders")
         labels = torch.tensor(train.targets)
         keep, held = stratified_split(labels, heldout, seed)
         splits = {
@@ -157,10 +158,10 @@ def read_meta(location: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: write shards with `ssal data convert`")
     meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "splits" not in meta:
-        raise ValueError(f"{path}: not an ssal shards description")
+        raise UserError(f"{path}: not an ssal shards description")
     problem = _meta_problem(meta)
     if problem:
-        raise ValueError(f"{path}: {problem}; write the shards again with `ssal data convert`")
+        raise UserError(f"{path}: {problem}; write the shards again with `ssal data convert`")
     return meta
 
 
@@ -241,22 +242,22 @@ class _Decode:
         name = f"{sample.get('__url__', 'shard')}: sample {sample.get('__key__')!r}"
         key = next((k for k in ("png", "jpg", "webp", "gif") if k in sample), None)
         if key is None or "cls" not in sample:
-            raise ValueError(f"{name} lacks an image or a label (.cls); convert the data again")
+            raise UserError(f"{name} lacks an image or a label (.cls); convert the data again")
         image = decode_on_cpu(bytes(sample[key]), self.channels, name)
         try:
             label = int(sample["cls"])
         except ValueError:
-            raise ValueError(f"{name}: the label (.cls) is not a number") from None
+            raise UserError(f"{name}: the label (.cls) is not a number") from None
         if self.num_classes is not None and not 0 <= label < self.num_classes:
-            raise ValueError(f"{name}: label {label} outside 0..{self.num_classes - 1}")
+            raise UserError(f"{name}: label {label} outside 0..{self.num_classes - 1}")
         if self.size is not None and tuple(image.shape[-2:]) != (self.size, self.size):
-            raise ValueError(f"{name}: image of {tuple(image.shape[-2:])}, expected {self.size}")
+            raise UserError(f"{name}: image of {tuple(image.shape[-2:])}, expected {self.size}")
         if self.transform is not None:
             image = self.transform(image)
         return image, label
 
 
-class _ShardError(ValueError):
+class _ShardError(UserError):
     """A shard that cannot be read."""
 
 
@@ -340,7 +341,7 @@ class ShardDataModule(SSALDataModule):
     ``color_jitter`` as ``ImageFolderDataModule``'s).
     """
 
-    class_path = "ssal.shards.ShardDataModule"
+    class_path = "ssal.data.ShardDataModule"
 
     def __init__(
         self,
@@ -380,7 +381,7 @@ class ShardDataModule(SSALDataModule):
     def _urls(self, split: str) -> list[str]:
         entry = self.meta["splits"].get(split)
         if not entry or not entry["shards"]:
-            raise ValueError(f"{Path(self.data_dir) / META}: no {split!r} shards")
+            raise UserError(f"{Path(self.data_dir) / META}: no {split!r} shards")
         return [str(Path(self.data_dir) / s) for s in entry["shards"]]
 
     def _transform(self, train: bool) -> Callable | None:
@@ -400,7 +401,7 @@ class ShardDataModule(SSALDataModule):
             workers = self.num_workers
             total = entry["samples"] // (batch * replicas)
             if total < 1:
-                raise ValueError(f"{split}: fewer images than one batch per device")
+                raise UserError(f"{split}: fewer images than one batch per device")
             steps = max(1, total // max(1, workers))  # with_epoch counts per worker
             num_batches = steps * max(1, workers)
         else:

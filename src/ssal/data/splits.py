@@ -6,24 +6,26 @@ import math
 
 import torch
 
+from ssal.errors import UserError
+
 __all__ = ["channel_stats", "stratified_split"]
 
 
 def _heldout_count(heldout: int | float, total: int) -> int:
     if isinstance(heldout, bool) or not isinstance(heldout, (int, float)):
-        raise ValueError(f"heldout must be a count or a fraction, got {heldout!r}")
+        raise UserError(f"heldout must be a count or a fraction, got {heldout!r}")
     if not math.isfinite(heldout) or heldout < 0:
-        raise ValueError(f"heldout must be >= 0, got {heldout!r}")
+        raise UserError(f"heldout must be >= 0, got {heldout!r}")
     if heldout < 1:
         count = round(heldout * total)
     else:
         if heldout != int(heldout):
-            raise ValueError(
+            raise UserError(
                 f"heldout={heldout!r} is neither a fraction below 1 nor a whole number of samples"
             )
         count = int(heldout)
     if count >= total and count > 0:
-        raise ValueError(
+        raise UserError(
             f"heldout={heldout!r} would hold out {count} of {total} samples; leave at least one "
             "sample for training"
         )
@@ -90,15 +92,15 @@ def stratified_split(
         the held-out size allows).
     """
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
-        raise ValueError("labels must be a 1-D tensor of class indices")
+        raise UserError("labels must be a 1-D tensor of class indices")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+        raise UserError(f"labels must be an integer tensor, got {labels.dtype}")
     total = len(labels)
     if total == 0:
-        raise ValueError("labels is empty; nothing to split")
+        raise UserError("labels is empty; nothing to split")
     labels = labels.detach().to("cpu", torch.long)
     if int(labels.min()) < 0:
-        raise ValueError("labels must be >= 0")
+        raise UserError("labels must be >= 0")
     k = _heldout_count(heldout, total)
     everything = torch.arange(total)
     if k == 0:
@@ -126,14 +128,14 @@ def channel_stats(images: torch.Tensor, chunk_size: int = 1024) -> tuple[list[fl
     small chunk is ever converted.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(
+        raise UserError(
             f"channel_stats needs uint8 images (N, C, H, W), got {images.dtype} "
             f"{tuple(images.shape)}"
         )
     if len(images) == 0:
-        raise ValueError("channel_stats needs at least one image")
+        raise UserError("channel_stats needs at least one image")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
     channels = images.shape[1]
     sums = [0] * channels
     squares = [0] * channels

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ssal.errors import UserError
+
 __all__ = [
     "EVAL_CROP_FRACTION",
     "IMAGENET_MEAN",
@@ -55,7 +57,7 @@ def check_shift_options(shift_draw: str, pad_mode: str) -> None:
     """``ValueError`` unless ``shift_draw`` is in ``SHIFT_DRAWS`` and ``pad_mode`` in
     ``PAD_MODES``."""
     if shift_draw not in SHIFT_DRAWS or pad_mode not in PAD_MODES:
-        raise ValueError(
+        raise UserError(
             f"shift_draw must be one of {SHIFT_DRAWS} and pad_mode one of {PAD_MODES}, got "
             f"{shift_draw!r} and {pad_mode!r}"
         )
@@ -97,13 +99,13 @@ def shift_flip(
         A new tensor of the same shape, dtype and device.
     """
     if images.ndim != 4:
-        raise ValueError(f"shift_flip needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
+        raise UserError(f"shift_flip needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
     if max_shift < 0:
-        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        raise UserError(f"max_shift must be >= 0, got {max_shift}")
     check_shift_options(shift_draw, pad_mode)
     n, c, h, w = images.shape
     if max_shift >= min(h, w):
-        raise ValueError(
+        raise UserError(
             f"max_shift={max_shift} must be smaller than the image size {h}x{w} for reflect padding"
         )
     if n == 0 or (max_shift == 0 and not flip):
@@ -134,13 +136,13 @@ def normalize(
     C entries on the [0, 1] scale. Floating inputs keep their dtype, integers become float32.
     """
     if images.ndim != 4:
-        raise ValueError(f"normalize needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
+        raise UserError(f"normalize needs a batch (N, C, H, W), got shape {tuple(images.shape)}")
     dtype = images.dtype if images.is_floating_point() else torch.float32
     channels = images.shape[1]
     mean_t = torch.as_tensor(mean, dtype=dtype, device=images.device).flatten()
     std_t = torch.as_tensor(std, dtype=dtype, device=images.device).flatten()
     if len(mean_t) != channels or len(std_t) != channels:
-        raise ValueError(
+        raise UserError(
             f"mean and std need {channels} values (one per channel), got {len(mean_t)} and "
             f"{len(std_t)}"
         )

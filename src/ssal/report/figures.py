@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ssal.errors import UserError
 from ssal.grouping import Grouping
 
 __all__ = [
@@ -41,7 +42,7 @@ def figure(width: float, height: float) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ValueError("reports need matplotlib: pip install matplotlib") from None
+        raise UserError("reports need matplotlib: pip install matplotlib") from None
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)

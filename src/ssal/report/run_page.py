@@ -25,6 +25,7 @@ import torch
 
 from ssal import analysis
 from ssal.checkpoint import load_checkpoint
+from ssal.errors import UserError
 from ssal.evaluate import Track, evaluate_split_pair
 from ssal.files import write_text
 from ssal.grouping import CIFAR100_CLASSES, Grouping, cifar100_superclasses
@@ -441,9 +442,9 @@ def build_report(
 ) -> tuple[str, dict[str, Any]]:
     """The HTML page for evaluated runs, and the data it plots (also embedded in the page)."""
     if not results:
-        raise ValueError("no runs to report")
+        raise UserError("no runs to report")
     if len({r.info["num_classes"] for r in results}) > 1:
-        raise ValueError("the runs have different numbers of classes; report them separately")
+        raise UserError("the runs have different numbers of classes; report them separately")
     levels = hierarchy_levels(results)
     analyses = [analyse_run(r, levels) for r in results]
     order = analysis.group_order(levels, results[0].info["num_classes"])

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ssal.errors import UserError
 from ssal.files import write_text
 from ssal.report.figures import plot_convergence, plot_differences, plot_study_accuracy
 from ssal.report.pages import html_page, html_table, img_tag
@@ -70,17 +71,17 @@ def read_study(path: str | Path) -> dict[str, Any]:
     try:
         summary = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{file}: not a readable study.json ({exc})") from None
+        raise UserError(f"{file}: not a readable study.json ({exc})") from None
     if not isinstance(summary, dict) or "configs" not in summary:
-        raise ValueError(f"{file}: not a study.json written by ssal study")
+        raise UserError(f"{file}: not a study.json written by ssal study")
     missing = [k for k in _REQUIRED if k not in summary]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{file}: written by an older ssal (no {', '.join(missing)}); run the same ssal study "
             "command again to rewrite it (finished runs are not redone)"
         )
     if not any(c.get("seeds") for c in summary["configs"].values()):
-        raise ValueError(f"{file}: the study has no finished runs yet")
+        raise UserError(f"{file}: the study has no finished runs yet")
     return summary
 
 

@@ -19,6 +19,7 @@ from ssal.backbones.external import (
     quarter_stages,
 )
 from ssal.backbones.registry import register_family
+from ssal.errors import UserError
 
 __all__ = ["timm_entry"]
 
@@ -32,7 +33,7 @@ def timm_entry(model_name: str) -> ModelEntry:
     if model_name not in known and model_name.split(".")[0] not in known:
         close = difflib.get_close_matches(model_name, known, n=3)
         hint = f"; did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
-        raise ValueError(f"timm has no model {model_name!r}{hint}")
+        raise UserError(f"timm has no model {model_name!r}{hint}")
 
     def build(num_classes: int, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
         return timm.create_model(

@@ -19,6 +19,7 @@ from ssal.backbones.external import (
     stage_positions,
 )
 from ssal.backbones.registry import register_family
+from ssal.errors import UserError
 
 __all__ = ["torchvision_entry"]
 
@@ -33,11 +34,11 @@ def torchvision_entry(model_name: str) -> ModelEntry:
     if model_name not in known:
         close = difflib.get_close_matches(model_name, known, n=3)
         hint = f"; did you mean {', '.join('torchvision/' + c for c in close)}?" if close else ""
-        raise ValueError(f"torchvision has no classification model {model_name!r}{hint}")
+        raise UserError(f"torchvision has no classification model {model_name!r}{hint}")
 
     def build(num_classes: int, in_channels: int = 3, weights: str | None = None) -> nn.Module:
         if in_channels != 3:
-            raise ValueError(f"torchvision/{model_name} takes 3-channel images, not {in_channels}")
+            raise UserError(f"torchvision/{model_name} takes 3-channel images, not {in_channels}")
         if weights is None:
             return torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
         model = torchvision.models.get_model(model_name, weights=weights)
