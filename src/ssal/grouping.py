@@ -164,9 +164,12 @@ def check_assignment(
     return a
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Grouping:
-    """One partition of the classes: ``assignment[c]`` is the group of class ``c``."""
+    """One partition of the classes: ``assignment[c]`` is the group of class ``c``.
+
+    Groupings are equal when their assignments, names, modes and group counts are (so cards
+    holding them compare), and hash alike then."""
 
     assignment: np.ndarray
     name: str = ""
@@ -181,6 +184,17 @@ class Grouping:
         object.__setattr__(self, "num_groups", self.num_groups or int(a.max()) + 1)
         if not self.name:
             object.__setattr__(self, "name", f"{self.mode}-{self.num_groups}")
+
+    def _key(self) -> tuple:
+        return (tuple(self.assignment.tolist()), self.name, self.mode, self.num_groups)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grouping):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def num_classes(self) -> int:
