@@ -56,10 +56,10 @@ def test_export_round_trip_without_pickle(trained, tmp_path, capsys):
     info = json.loads((out / "ssal.json").read_text())
     assert info["model"] == "tiny-wrn" and info["groupings"][0]["num_groups"] == 20
     a, _ = load_checkpoint(trained["ckpt"])
-    b, info_b = load_checkpoint(out)
+    b, card_b = load_checkpoint(out)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(a(x).logits, b(x).logits)
-    assert info_b["alpha"] == info["alpha"]
+    assert card_b.alpha == info["alpha"] and card_b.checkpoint == str(trained["ckpt"])
     j1, j2 = tmp_path / "a.json", tmp_path / "b.json"
     assert main(["evaluate", "--checkpoint", str(trained["ckpt"]), "--json", str(j1)]) == 0
     assert main(["evaluate", "--checkpoint", str(out), "--json", str(j2)]) == 0
