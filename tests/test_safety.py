@@ -75,10 +75,11 @@ def test_corrupt_and_foreign_files(trained, tmp_path, capsys):
         capsys, main(["evaluate", "--checkpoint", str(truncated)]), "not a loadable checkpoint"
     )
     export = tmp_path / "bad_export"
-    export.mkdir()
-    (export / "ssal.json").write_text("{}")
+    assert main(["export", "--checkpoint", str(trained["ckpt"]), "--out", str(export)]) == 0
     (export / "model.safetensors").write_bytes(b"garbage")
     one_line_error(capsys, main(["evaluate", "--checkpoint", str(export)]), "safetensors")
+    (export / "ssal.json").write_text("{}")
+    one_line_error(capsys, main(["evaluate", "--checkpoint", str(export)]), "ssal.json", "schema")
     one_line_error(capsys, main(["evaluate", "--checkpoint", str(tmp_path)]), "missing ssal.json")
     assert snapshot(trained["run"]) == before  # nothing of the run touched
 
