@@ -256,9 +256,10 @@ def write_images(folder: Path) -> list[Path]:
 
 
 def read_images(folder: Path) -> Any:
+    from ssal.card import Preprocessing
     from ssal.inference import load_image
 
-    prep = {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36, "crop": [32, 32]}
+    prep = Preprocessing((0.5,) * 3, (0.25,) * 3, 36, (32, 32))
     out = []
     for path in sorted(folder.iterdir()):
         out += [load_image(path, 3, (32, 32), prep), load_image(path, 1, (28, 28))]
