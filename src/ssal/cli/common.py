@@ -128,7 +128,9 @@ def track(enabled: bool = True) -> Any:
 
 def one_line(error: BaseException) -> str:
     """An error's message on one line (what ``ssal: error:`` prints)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    from ssal.files import squeeze
+
+    return squeeze(error) or type(error).__name__
 
 
 def pct(v: float | None) -> str:
