@@ -18,7 +18,8 @@ LAYERS = {
         "ssal.backbones", "ssal.data", "ssal.data.arrays", "ssal.data.readers",
         "ssal.data.safe_pickle", "ssal.data.splits", "ssal.data.transforms", "ssal.data.decoding",
         "ssal.data.loaders",
-        "ssal.checkpoint", "ssal.inference", "ssal.evaluate", "ssal.errors", "ssal.config_files",
+        "ssal.card", "ssal.checkpoint", "ssal.inference", "ssal.evaluate", "ssal.errors",
+        "ssal.config_files",
     ],
     "engine": [
         "ssal.data.base", "ssal.data.in_memory", "ssal.data.image_folder", "ssal.data.shards",
@@ -180,21 +181,21 @@ import sys
 import torch
 from PIL import Image
 import ssal, ssal.grouping, ssal.layouts, ssal.model, ssal.loss, ssal.predict, ssal.scores
-import ssal.checkpoint, ssal.inference, ssal.evaluate, ssal.recipe, ssal.runs, ssal.analysis
-import ssal.data.transforms, ssal.data.readers, ssal.data.splits
-from ssal.checkpoint import describe_model, load_checkpoint
-from ssal.data.transforms import eval_preprocessing
+import ssal.card, ssal.checkpoint, ssal.inference, ssal.evaluate, ssal.recipe, ssal.runs
+import ssal.analysis, ssal.data.transforms, ssal.data.readers, ssal.data.splits
+from ssal.card import ModelCard, Preprocessing
+from ssal.checkpoint import load_checkpoint
 from ssal.inference import predict_images
 
 groupings = [ssal.Grouping([0, 1] * 5), ssal.Grouping([0, 1, 2, 3, 4] * 2)]
 net = ssal.create_model("small-cnn", 10, groupings)
-info = describe_model(net, "small-cnn", 10, [1.0, 1.0], 0.3, [str(c) for c in range(10)],
-                      eval_preprocessing([0.5], [0.25]))
+card = ModelCard.of(net, "small-cnn", 10, Preprocessing.for_eval([0.5], [0.25]),
+                    branch_weights=[1.0, 1.0], alpha=0.3)
 state = {f"net.{k}": v for k, v in net.state_dict().items()}
-torch.save({"ssal": info, "state_dict": state}, sys.argv[1] + "/model.ckpt")
+torch.save({"ssal": card.to_dict(), "state_dict": state}, sys.argv[1] + "/model.ckpt")
 Image.new("L", (40, 30), 128).save(sys.argv[1] + "/x.png")
-model, info = load_checkpoint(sys.argv[1] + "/model.ckpt")
-[record] = predict_images(model, info, [sys.argv[1] + "/x.png"])
+model, card = load_checkpoint(sys.argv[1] + "/model.ckpt")
+[record] = predict_images(model, card, [sys.argv[1] + "/x.png"])
 assert len(record["branches"]) == 2
 print(" ".join(m for m in ("lightning", "torchmetrics", "rich", "matplotlib") if m in sys.modules))
 """

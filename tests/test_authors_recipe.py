@@ -369,7 +369,7 @@ def test_imagenet_augmentation(run, tmp_path):
         assert factor == pytest.approx((0.6, 1.4))
     assert jitter.hue is None
     assert len(dm.heldout_set) == 0 and dm.train_dataloader().drop_last is False
-    assert dm.preprocessing()["resize"] == 256 and dm.preprocessing()["crop"] == [224, 224]
+    assert dm.preprocessing().resize == 256 and dm.preprocessing().crop == (224, 224)
     with pytest.raises(ValueError, match="set decode_on_device false"):
         ImageFolderDataModule(**{**data, "decode_on_device": True})
 

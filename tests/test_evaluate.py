@@ -33,10 +33,21 @@ def test_evaluate_model_by_hand_and_memory_format_kept():
     assert r["num_samples"] == 24 and len(seen) == 3 and torch.equal(torch.cat(seen), y)
     assert abs(r["fine_accuracy"] - (out.logits.argmax(1) == y).float().mean().item()) < 1e-6
     assert abs(r["joint_accuracy"] - (joint.argmax(1) == y).float().mean().item()) < 1e-6
-    # evaluated in channels_last, handed back as it came: contiguous...
+    # the inputs ran in channels_last, the weights were never converted (not even for the
+    # duration): contiguous ones stay contiguous, in the same storage...
     conv = next(p for p in model.parameters() if p.dim() == 4)
     assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
-    # ...or channels_last (a training module on a GPU is)
-    model.to(memory_format=torch.channels_last)
+    storage = {n: p.data_ptr() for n, p in model.named_parameters()}
+    during = []
+    hook = model.register_forward_pre_hook(lambda m, args: during.append(conv.is_contiguous()))
+    model.train()
     evaluate_model(model, loader, lambda x: x, 10, 0.5)
-    assert conv.is_contiguous(memory_format=torch.channels_last)
+    hook.remove()
+    assert during == [True, True, True]
+    assert storage == {n: p.data_ptr() for n, p in model.named_parameters()}
+    assert model.training  # ran in eval mode, handed back in the mode it came in
+    # ...and channels_last ones (a training module on a GPU) stay channels_last
+    model.eval().to(memory_format=torch.channels_last)
+    again = evaluate_model(model, loader, lambda x: x, 10, 0.5)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not model.training
+    assert again["fine_accuracy"] == r["fine_accuracy"]

@@ -121,11 +121,11 @@ def test_external_backbone_from_a_config_trains_and_evaluates(name, folder, tmp_
     result = json.loads(out.read_text())
     assert result["model"] == name and result["num_samples"] == 4
     assert len(result["branch_accuracy"]) == 2  # the two deepest default positions
-    model, info = ssal.load_checkpoint(ckpt)
-    assert info["positions"] == list(ssal.get_entry(name).branches.positions[1:])
+    model, card = ssal.load_checkpoint(ckpt)
+    assert card.positions == tuple(ssal.get_entry(name).branches.positions[1:])
     # trained at 96 x 96 (the registry's default is 224): the checkpoint says so, and an
     # ONNX export takes 96 x 96 images and predicts what the checkpoint predicts
-    assert info["input_size"] == [3, 96, 96] and model.input_size == (3, 96, 96)
+    assert card.input_size == (3, 96, 96) and model.input_size == (3, 96, 96)
     if name == TORCHVISION:
         pytest.importorskip("onnxruntime")
         export = tmp_path / "onnx"

@@ -256,9 +256,10 @@ def write_images(folder: Path) -> list[Path]:
 
 
 def read_images(folder: Path) -> Any:
+    from ssal.card import Preprocessing
     from ssal.inference import load_image
 
-    prep = {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36, "crop": [32, 32]}
+    prep = Preprocessing((0.5,) * 3, (0.25,) * 3, 36, (32, 32))
     out = []
     for path in sorted(folder.iterdir()):
         out += [load_image(path, 3, (32, 32), prep), load_image(path, 1, (28, 28))]
@@ -469,21 +470,35 @@ def group_text_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]
 
 def write_ckpt(folder: Path) -> list[Path]:
     """An untrained small-cnn checkpoint (1 channel, 28 x 28, two branches) as ssal writes it."""
+    net, card = small_card()
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    path = folder / "model.ckpt"
+    torch.save({"state_dict": state, "ssal": card.to_dict(), "epoch": 3, "global_step": 30}, path)
+    return [path]
+
+
+def small_card() -> Any:
+    """An untrained small-cnn (1 channel, 28 x 28, two branches) and its card."""
     from ssal import create_model
-    from ssal.checkpoint import describe_model
-    from ssal.data.transforms import eval_preprocessing
+    from ssal.card import ModelCard, Preprocessing
     from ssal.grouping import Grouping
 
     groupings = [Grouping(np.arange(10) % 2, name="a"), Grouping(np.arange(10) % 5, name="b")]
     net = create_model("small-cnn", 10, groupings, in_channels=1)
     names = [f"c{i}" for i in range(10)]
     data = {"class_path": "ssal.data.InMemoryDataModule", "init_args": {"dataset": "fashion-mnist"}}
-    prep = eval_preprocessing([0.3], [0.4])
-    info = describe_model(net, "small-cnn", 10, [1.0, 1.0], 0.3, names, prep, data)
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    path = folder / "model.ckpt"
-    torch.save({"state_dict": state, "ssal": info, "epoch": 3, "global_step": 30}, path)
-    return [path]
+    prep = Preprocessing.for_eval([0.3], [0.4])
+    card = ModelCard.of(
+        net,
+        "small-cnn",
+        10,
+        prep,
+        branch_weights=[1.0, 1.0],
+        alpha=0.3,
+        class_names=names,
+        data=data,
+    )
+    return net, card
 
 
 def read_model(folder: Path) -> Any:
@@ -492,10 +507,10 @@ def read_model(folder: Path) -> Any:
     from ssal.inference import load_model, predict_tensors
 
     target = folder / "model.ckpt" if (folder / "model.ckpt").exists() else folder
-    model, info = load_model(target)
-    c, h, w = info["input_size"]
+    model, card = load_model(target)
+    c, h, w = card.input_size
     images = torch.randint(0, 256, (2, c, h, w), dtype=torch.uint8)
-    return predict_tensors(model, info, images, top_k=2)
+    return predict_tensors(model, card, images, top_k=2)
 
 
 def check_predictions(records: Any) -> None:
@@ -546,24 +561,72 @@ def ckpt_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
             if item.filename.endswith("data.pkl"):
                 body = pickle.dumps(touch(marker), protocol=2)
             dst.writestr(item, body)
-    big_resize = {"mean": [0.5], "std": [0.5], "resize": 10**6, "crop": [28, 28]}
-    many_groups = [{"assignment": list(range(10**5))}]
-    twelve = [{"assignment": [0, 1] * 6}]
-    no_names = {"num_classes": 10**9, "class_names": None}
     return [
         ("payload in the ssal section", CKPT, saved({"ssal": touch(marker), "state_dict": {}})),
         ("payload, legacy format", CKPT, saved({"ssal": exec_touch(marker)}, **legacy)),
         ("a bare pickle", CKPT, pickle.dumps(touch(marker))),
         ("data.pkl replaced", CKPT, zipped.getvalue()),
-        ("num_classes 10**9", CKPT, ckpt_with(folder, num_classes=10**9)),
-        ("num_classes 10**9, no names", CKPT, ckpt_with(folder, **no_names)),
-        ("input_size 10**6 a side", CKPT, ckpt_with(folder, input_size=[1, 10**6, 10**6])),
-        ("resize to 10**6", CKPT, ckpt_with(folder, preprocessing=big_resize)),
-        ("groupings of 10**5 groups", CKPT, ckpt_with(folder, groupings=many_groups)),
-        ("a grouping of 12 classes", CKPT, ckpt_with(folder, groupings=twelve)),
-        ("alpha as text", CKPT, ckpt_with(folder, alpha="0.3")),
-        ("class names as a number", CKPT, ckpt_with(folder, class_names=12)),
-        ("a tensor in the description", CKPT, ckpt_with(folder, data={"x": torch.zeros(2)})),
+        *((label, CKPT, ckpt_with(folder, **changes)) for label, changes in CARD_CHANGES),
+        ("a tensor in the card", CKPT, ckpt_with(folder, data={"x": torch.zeros(2)})),
+    ]  # fmt: skip
+
+
+CARD_CHANGES = [  # crafted model cards: each a change to a valid one (checkpoints, card files)
+    ("num_classes 10**9", {"num_classes": 10**9}),
+    ("num_classes 10**9, no names", {"num_classes": 10**9, "class_names": None}),
+    ("input_size 10**6 a side", {"input_size": [1, 10**6, 10**6]}),
+    ("resize to 10**6", {"preprocessing": {"mean": [0.5], "std": [0.5], "resize": 10**6}}),
+    ("no preprocessing", {"preprocessing": None}),
+    ("groupings of 10**5 groups", {"groupings": [{"assignment": list(range(10**5))}]}),
+    ("a grouping of 12 classes", {"groupings": [{"assignment": [0, 1] * 6}]}),
+    ("num_groups 2**40", {"groupings": [{"assignment": [0, 1] * 5, "num_groups": 2**40}]}),
+    ("alpha as text", {"alpha": "0.3"}),
+    ("alpha NaN", {"alpha": float("nan")}),
+    ("class names as a number", {"class_names": 12}),
+    ("schema 3 (older)", {"schema": 3}),
+    ("schema as text", {"schema": "4"}),
+    ("epoch -1", {"epoch": -1}),
+    ("data as a list", {"data": [1, 2]}),
+]
+
+
+def write_card(folder: Path) -> list[Path]:
+    from ssal.files import write_json
+
+    return [write_json(folder / "card.json", small_card()[1].to_dict())]
+
+
+def read_card(folder: Path) -> Any:
+    """``card.json`` read as every reader of checkpoints and exports reads its card."""
+    from ssal.card import ModelCard
+    from ssal.files import read_json
+
+    path = folder / "card.json"
+    return ModelCard.from_dict(read_json(path), path)
+
+
+def check_card(card: Any) -> None:
+    """A card that was read has typed, consistent values and survives a JSON round trip."""
+    from ssal.card import MAX_INPUT_SIDE, ModelCard
+    from ssal.grouping import Grouping
+
+    assert isinstance(card, ModelCard) and isinstance(card.model, str)
+    assert len(card.input_size) == 3 and 1 <= card.input_size[0] <= 4
+    assert all(1 <= s <= MAX_INPUT_SIDE for s in card.input_size[1:])
+    assert len(card.preprocessing.mean) == len(card.preprocessing.std) == card.input_size[0]
+    assert all(
+        isinstance(g, Grouping) and g.num_classes == card.num_classes for g in card.groupings
+    )
+    assert card.class_names is None or len(card.class_names) == card.num_classes
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict())), "again") == card
+
+
+def card_crafted(folder: Path, marker: str) -> list[tuple[str, str, bytes]]:
+    card = json.loads((folder / "card.json").read_text())
+    return [
+        *((label, "card.json", json.dumps({**card, **c}).encode()) for label, c in CARD_CHANGES),
+        ("a list, not a card", "card.json", b"[1, 2]"),
+        ("nested 100000 deep", "card.json", b"[" * 100_000 + b"]" * 100_000),
     ]  # fmt: skip
 
 
@@ -988,6 +1051,14 @@ READERS = [
         text_structure,
         group_text_crafted,
         weight=2,
+    ),
+    Reader(
+        "model-card",
+        write_card,
+        read_card,
+        check_card,
+        json_structure,
+        card_crafted,
     ),
     Reader(
         "checkpoint",

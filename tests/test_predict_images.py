@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -6,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ssal.card import Preprocessing
 from ssal.checkpoint import load_checkpoint
 from ssal.cli import main
-from ssal.data.transforms import eval_preprocessing
 from ssal.grouping import Grouping, save_groupings
 from ssal.inference import describe_predictions, load_image, predict_tensors
 from ssal.predict import structured_predict
@@ -28,16 +29,16 @@ def write_checkpoint(tmp_path, name, in_channels=1, size=28, branches=True, data
         groupings = str(save_groupings(tmp_path / f"{name}-groupings.json", gs, NAMES))
     module = SSALModule("small-cnn", num_classes=10, in_channels=in_channels, groupings=groupings)
     module.class_names = NAMES
-    module.preprocessing = eval_preprocessing([0.4] * in_channels, [0.3] * in_channels, crop)
+    module.preprocessing = Preprocessing.for_eval([0.4] * in_channels, [0.3] * in_channels, crop)
     module.data_config = data or {
         "class_path": "ssal.data.InMemoryDataModule",
         "init_args": {"dataset": "fashion-mnist"},
     }
-    info = module.export_info()
-    info["input_size"] = [in_channels, size, size]
+    card = dataclasses.replace(module.card(), input_size=(in_channels, size, size))
     path = tmp_path / f"{name}.ckpt"
     torch.save(
-        {"state_dict": module.state_dict(), "ssal": info, "epoch": 0, "global_step": 0}, path
+        {"state_dict": module.state_dict(), "ssal": card.to_dict(), "epoch": 0, "global_step": 0},
+        path,
     )
     return path
 
@@ -141,7 +142,7 @@ def test_images_are_converted_as_in_training(images):
     dm = ImageFolderDataModule("unused", image_size=32, num_workers=0)
     evaluation = folder_transforms(32, train=False)
     prep = dm.preprocessing()
-    assert prep["resize"] == 36 and prep["crop"] == [32, 32]
+    assert prep.resize == 36 and prep.crop == (32, 32)
     for path in images:
         got = load_image(path, 3, (32, 32), prep)
         with Image.open(path) as img:
@@ -157,14 +158,14 @@ def test_images_are_converted_as_in_training(images):
 
 
 def test_predict_tensors_normalises_uint8_and_matches_structured_predict(tmp_path):
-    model, info = load_checkpoint(write_checkpoint(tmp_path, "grey"))
+    model, card = load_checkpoint(write_checkpoint(tmp_path, "grey"))
     x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    records = predict_tensors(model, info, x, alpha=0.3)
+    records = predict_tensors(model, card, x, alpha=0.3)
     normalised = (x.float() / 255 - 0.4) / 0.3
-    assert records == predict_tensors(model, info, normalised, alpha=0.3)
+    assert records == predict_tensors(model, card, normalised, alpha=0.3)
     with torch.no_grad():
         out = model(normalised)
-    s = structured_predict(out.logits, out.branch_logits, info["groupings"], 0.3)
+    s = structured_predict(out.logits, out.branch_logits, card.groupings, 0.3)
     assert [r["fine"]["class"] for r in records] == s.fine_class.tolist()
     assert [r["joint"]["class"] for r in records] == s.joint_class.tolist()
     assert [r["consistent"] for r in records] == s.consistent.tolist()
@@ -174,14 +175,14 @@ def test_predict_tensors_normalises_uint8_and_matches_structured_predict(tmp_pat
 
 def test_baseline_and_image_folder_checkpoints(tmp_path, images):
     data = {"class_path": FOLDER, "init_args": {"data_dir": "x", "image_size": 32}}
-    model, info = load_checkpoint(
+    model, card = load_checkpoint(
         write_checkpoint(
             tmp_path, "base", in_channels=3, size=32, branches=False, data=data, crop=32
         )
     )
     from ssal.inference import predict_images
 
-    records = predict_images(model, info, images, top_k=2, batch_size=2)
+    records = predict_images(model, card, images, top_k=2, batch_size=2)
     assert len(records) == len(images)
     for r in records:
         assert r["branches"] == [] and r["consistent"] is True
@@ -189,28 +190,37 @@ def test_baseline_and_image_folder_checkpoints(tmp_path, images):
         assert r["joint"]["prob"] == pytest.approx(r["fine"]["prob"], rel=1e-5)
 
 
-def test_schema_1_checkpoints_still_load_with_their_preprocessing(tmp_path):
-    """Checkpoints written before the preprocessing was stored as data: the normalisation and
-    the datamodule's name say what it was."""
-    path = write_checkpoint(tmp_path, "old", in_channels=3, size=32, branches=False)
+def test_cards_of_older_schemas_are_refused_in_one_line(tmp_path):
+    """Nothing older than the typed card was released: a checkpoint of schema 3 (or one with
+    no schema) is refused, naming the file and the schema, and one of a newer ssal too."""
+    path = write_checkpoint(tmp_path, "old", in_channels=1, size=28, branches=True)
     ckpt = torch.load(path, weights_only=True)
-    info = ckpt["ssal"]
-    for key in ("preprocessing", "schema"):
-        del info[key]
-    info["normalization"] = {"mean": [0.5] * 3, "std": [0.25] * 3}
-    for data, resize, crop in (
-        ("ssal.data.InMemoryDataModule", None, None),
-        (FOLDER, 36, [32, 32]),
-    ):
-        info["data"] = {"class_path": data, "init_args": {}}
+    for schema, said in ((3, "schema 3 is older"), (None, "schema 1 is older"), (9, "newer")):
+        if schema is None:
+            del ckpt["ssal"]["schema"]
+        else:
+            ckpt["ssal"]["schema"] = schema
         torch.save(ckpt, path)
-        _, loaded = load_checkpoint(path)
-        assert loaded["preprocessing"] == {
-            "mean": [0.5] * 3,
-            "std": [0.25] * 3,
-            "resize": resize,
-            "crop": crop,
-        }
+        with pytest.raises(ValueError, match=said) as e:
+            load_checkpoint(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_card_round_trips_through_checkpoint_and_export(tmp_path):
+    """What load_checkpoint returns is the card that was saved, with the file, epoch and step
+    added; an export carries the same card (the checkpoint it came from included)."""
+    from ssal.card import ModelCard
+    from ssal.checkpoint import export_checkpoint, read_card
+
+    path = write_checkpoint(tmp_path, "rt", in_channels=3, size=32, crop=32)
+    saved = ModelCard.from_dict(torch.load(path, weights_only=True)["ssal"], path)
+    model, card = load_checkpoint(path)
+    assert card == dataclasses.replace(saved, checkpoint=str(path), epoch=0, global_step=0)
+    assert card.preprocessing == Preprocessing((0.4,) * 3, (0.3,) * 3, 36, (32, 32))
+    assert [g.name for g in card.groupings] == ["split-a", "split-b"]
+    assert model.input_size == card.input_size == (3, 32, 32)
+    out = export_checkpoint(path, tmp_path / "export")
+    assert read_card(out) == card and load_checkpoint(out)[1] == card
 
 
 def test_describe_predictions_by_hand():

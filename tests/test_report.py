@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 
 from ssal import analysis
+from ssal.card import ModelCard, Preprocessing
 from ssal.cli import main
+from ssal.evaluate import RunResult
 from ssal.grouping import Grouping
 from ssal.metrics import SSALMetrics
 from ssal.predict import structured_predict
-from ssal.report.run_page import RunResult, build_report
+from ssal.report.run_page import build_report
 from ssal.runs import RunSource, find_runs, read_metrics_csv
 from tests.conftest import have_chromium, have_fashion_mnist, require
 
@@ -94,17 +96,19 @@ def fake_result(name, groupings, seed, log=None, n=400, c=10) -> RunResult:
         "joint_class": s.joint_class.numpy(),
         "labels": labels.numpy(),
     }
-    info = {
-        "model": "small-cnn",
-        "num_classes": c,
-        "groupings": groupings,
-        "class_names": [f"c{i}" for i in range(c)],
-        "epoch": 2,
-        "alpha": 0.3,
-    }
+    card = ModelCard(
+        "small-cnn",
+        c,
+        (1, 28, 28),
+        Preprocessing.plain(1),
+        groupings=groupings,
+        class_names=[f"c{i}" for i in range(c)],
+        epoch=2,
+        alpha=0.3,
+    )
     source = RunSource(name, Path(name), Path(name) / "model.ckpt", None)
     held = m.compute() if groupings else None
-    return RunResult(source, info, m.compute(), outputs, held, 0.3, "held-out split", log or {})
+    return RunResult(source, card, m.compute(), outputs, held, 0.3, "held-out split", log or {})
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

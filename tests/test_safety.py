@@ -56,10 +56,10 @@ def test_export_round_trip_without_pickle(trained, tmp_path, capsys):
     info = json.loads((out / "ssal.json").read_text())
     assert info["model"] == "tiny-wrn" and info["groupings"][0]["num_groups"] == 20
     a, _ = load_checkpoint(trained["ckpt"])
-    b, info_b = load_checkpoint(out)
+    b, card_b = load_checkpoint(out)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(a(x).logits, b(x).logits)
-    assert info_b["alpha"] == info["alpha"]
+    assert card_b.alpha == info["alpha"] and card_b.checkpoint == str(trained["ckpt"])
     j1, j2 = tmp_path / "a.json", tmp_path / "b.json"
     assert main(["evaluate", "--checkpoint", str(trained["ckpt"]), "--json", str(j1)]) == 0
     assert main(["evaluate", "--checkpoint", str(out), "--json", str(j2)]) == 0
@@ -75,10 +75,11 @@ def test_corrupt_and_foreign_files(trained, tmp_path, capsys):
         capsys, main(["evaluate", "--checkpoint", str(truncated)]), "not a loadable checkpoint"
     )
     export = tmp_path / "bad_export"
-    export.mkdir()
-    (export / "ssal.json").write_text("{}")
+    assert main(["export", "--checkpoint", str(trained["ckpt"]), "--out", str(export)]) == 0
     (export / "model.safetensors").write_bytes(b"garbage")
     one_line_error(capsys, main(["evaluate", "--checkpoint", str(export)]), "safetensors")
+    (export / "ssal.json").write_text("{}")
+    one_line_error(capsys, main(["evaluate", "--checkpoint", str(export)]), "ssal.json", "schema")
     one_line_error(capsys, main(["evaluate", "--checkpoint", str(tmp_path)]), "missing ssal.json")
     assert snapshot(trained["run"]) == before  # nothing of the run touched
 

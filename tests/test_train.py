@@ -133,8 +133,8 @@ def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifa
     assert tuned["alpha_tuned_on_heldout"] and 0 <= tuned["alpha"] <= 1
 
     # rebuilt model gives the trained network's outputs
-    model, info = load_checkpoint(ckpt)
-    assert [g.num_groups for g in info["groupings"]] == [20, 33, 50]
+    model, card = load_checkpoint(ckpt)
+    assert [g.num_groups for g in card.groupings] == [20, 33, 50]
     x = torch.randn(2, 3, 32, 32)
     state = {k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
     again = SSALModule("tiny-wrn", 100, groupings=str(run / "groupings.json")).net.eval()

@@ -1,116 +1,42 @@
-"""The one checkpoint and export schema: what a trained SSAL model carries, written and read here.
+"""Checkpoints and exports: the model card and the weights, written and read here.
 
-A checkpoint written by ``ssal fit`` is Lightning's dict with, under ``"ssal"``, everything
-evaluation and inference need as plain values (so it loads with ``torch.load(weights_only=True)``
-and nothing is unpickled): the model name and its branch positions and layouts, the groupings,
-alpha, class names, the preprocessing the model expects (normalisation, resize and crop, as
-data) and the data settings it was trained on. ``ssal export`` writes the same description as
-``ssal.json`` beside the weights as safetensors. This module knows nothing of Lightning.
+A checkpoint written by ``ssal fit`` is Lightning's dict with, under ``"ssal"``, the model's
+card (``ssal.card.ModelCard.to_dict()``: plain values, so it loads with
+``torch.load(weights_only=True)`` and nothing is unpickled). ``ssal export`` writes the same
+card as ``ssal.json`` beside the weights as safetensors (or the whole model as ONNX). Every
+reader checks the card (``ModelCard.from_dict``) and, on the ``meta`` device, that the weights
+fit it before anything is allocated. This module knows nothing of Lightning.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssal.backbones import create_model
-from ssal.data.transforms import eval_resize
+from ssal.card import ModelCard
 from ssal.errors import UserError
-from ssal.files import read_json, write_json
-from ssal.grouping import Grouping
-from ssal.model import SSALModel
+from ssal.files import read_json, squeeze, write_json
+from ssal.model import SSALModel, group_index_name
 
 __all__ = [
     "CHECKPOINT_KEY",
-    "EXPORT_INFO",
+    "EXPORT_CARD",
     "EXPORT_ONNX",
     "EXPORT_WEIGHTS",
-    "check_description",
-    "describe_model",
     "export_checkpoint",
-    "groupings_of",
     "load_checkpoint",
     "onnx_heads",
-    "preprocessing_of",
+    "read_card",
     "read_checkpoint",
-    "read_export_info",
     "set_checkpoint_alpha",
 ]
 
 CHECKPOINT_KEY = "ssal"
-EXPORT_WEIGHTS, EXPORT_INFO, EXPORT_ONNX = "model.safetensors", "ssal.json", "model.onnx"
-SCHEMA_VERSION = 3
-_LEGACY_CROPPING = "ssal.data.ImageFolderDataModule"  # version 1 named only the datamodule
-# version 3: the paper's model names build the authors' networks
-
-
-def describe_model(
-    net: SSALModel,
-    model: str,
-    num_classes: int,
-    branch_weights: Sequence[float],
-    alpha: float,
-    class_names: Sequence[str] | None = None,
-    preprocessing: dict[str, Any] | None = None,
-    data: dict[str, Any] | None = None,
-    input_size: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """The ``"ssal"`` section of a checkpoint (and ``ssal.json`` of an export), plain values.
-
-    ``input_size``: ``[C, H, W]`` of the images the model was trained on (default: the
-    network's own, its registry entry's); inference and ONNX exports feed images of that size.
-
-    ``preprocessing``: ``mean``/``std`` (per channel, [0, 1] scale) and how an image becomes
-    the model's input: ``resize`` (the short side, then a centre ``crop`` ``[H, W]``) or, when
-    both are ``None``, a resize to the model's input size. ``data``: the datamodule's class
-    path and arguments, so evaluation can rebuild the splits.
-    """
-    return {
-        "schema": SCHEMA_VERSION,
-        "model": model,
-        "num_classes": int(num_classes),
-        "in_channels": net.input_size[0],
-        "input_size": [int(v) for v in (input_size or net.input_size)],
-        "positions": list(net.positions),
-        "layouts": list(net.layouts),
-        "groupings": [g.to_dict() for g in net.groupings],
-        "branch_weights": [float(w) for w in branch_weights],
-        "alpha": float(alpha),
-        "class_names": list(class_names) if class_names is not None else None,
-        "preprocessing": preprocessing,
-        "data": data,
-    }
-
-
-def groupings_of(info: dict[str, Any]) -> list[Grouping]:
-    """The groupings of a model description (``Grouping`` objects pass through)."""
-    return [g if isinstance(g, Grouping) else Grouping.from_dict(g) for g in info["groupings"]]
-
-
-def preprocessing_of(info: dict[str, Any]) -> dict[str, Any]:
-    """How images become the model's input: ``mean``, ``std``, ``resize``, ``crop``.
-
-    Checkpoints of schema 1 stored only the normalisation and the datamodule's name; for them
-    image folders meant a resize to ``S / 0.875`` and a centre crop of ``S``.
-    """
-    c, h, w = (int(v) for v in info["input_size"])
-    prep = info.get("preprocessing")
-    if prep:
-        return {"resize": None, "crop": None, **prep}
-    norm = info.get("normalization") or {}
-    crop = (info.get("data") or {}).get("class_path") == _LEGACY_CROPPING
-    return {
-        "mean": norm.get("mean", [0.0] * c),
-        "std": norm.get("std", [1.0] * c),
-        "resize": eval_resize(h) if crop else None,
-        "crop": [h, w] if crop else None,
-    }
+EXPORT_WEIGHTS, EXPORT_CARD, EXPORT_ONNX = "model.safetensors", "ssal.json", "model.onnx"
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -129,7 +55,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _reason(path: Path, e: BaseException) -> str:
     """Why torch could not load ``path``, in a few words (never its advice to unpickle)."""
-    text = " ".join(str(e).split())
+    text = squeeze(e)
     refused = re.search(r"(unsupported GLOBAL \S+|Unsupported global: GLOBAL \S+)", text)
     if refused:
         name = refused.group(1).split()[-1]
@@ -145,158 +71,74 @@ def _reason(path: Path, e: BaseException) -> str:
     return "truncated or corrupt"
 
 
-def read_export_info(folder: Path, weights: str = EXPORT_WEIGHTS) -> dict[str, Any]:
-    """``ssal.json`` of an export folder that also holds ``weights``, as a dict (unchecked:
-    ``check_description`` says whether it is usable)."""
-    info_path = folder / EXPORT_INFO
-    for p in (info_path, folder / weights):
+def _is_export(path: Path) -> bool:
+    return path.is_dir() or path.name in (EXPORT_CARD, EXPORT_WEIGHTS, EXPORT_ONNX)
+
+
+def _export_card(folder: Path, weights: str) -> ModelCard:
+    """The checked card of an export folder that also holds ``weights``."""
+    card_path = folder / EXPORT_CARD
+    for p in (card_path, folder / weights):
         if not p.is_file():
             raise FileNotFoundError(f"{folder}: not an ssal export (missing {p.name})")
-    info = read_json(info_path)
-    if not isinstance(info, dict):
-        raise UserError(f"{info_path}: not an ssal model description")
-    return info
+    return ModelCard.from_dict(read_json(card_path), card_path)
 
 
-def _read_export(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """An ``ssal export`` folder: weights as safetensors (no pickle) and a JSON description."""
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _checkpoint_card(path: Path, ckpt: dict[str, Any]) -> ModelCard:
+    """The checked card of a loaded checkpoint, with its file, epoch and step."""
+    card = ModelCard.from_dict(ckpt[CHECKPOINT_KEY], path)
+    return dataclasses.replace(
+        card,
+        checkpoint=str(path),
+        epoch=_count(ckpt.get("epoch")),
+        global_step=_count(ckpt.get("global_step")),
+    )
+
+
+def read_card(path: str | Path, weights: str | None = None) -> ModelCard:
+    """The checked card of a checkpoint or an ``ssal export`` folder, without building the
+    model. An export's ``ssal.json`` must sit beside ``weights`` (a file name; default
+    ``model.safetensors``, or ``model.onnx`` where only that is there)."""
+    path = Path(path)
+    if weights is None and not _is_export(path):
+        return _checkpoint_card(path, read_checkpoint(path))
+    folder = path if path.is_dir() else path.parent
+    if weights is None:
+        onnx_only = (folder / EXPORT_ONNX).is_file() and not (folder / EXPORT_WEIGHTS).is_file()
+        weights = EXPORT_ONNX if onnx_only else EXPORT_WEIGHTS
+    return _export_card(folder, weights)
+
+
+def _read_export(folder: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """An ``ssal export`` folder: its card and weights as safetensors (no pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    info, weights = read_export_info(folder), folder / EXPORT_WEIGHTS
+    card, weights = _export_card(folder, EXPORT_WEIGHTS), folder / EXPORT_WEIGHTS
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{weights}: not a loadable safetensors file ({e})") from None
-    return info, {f"net.{k}": v for k, v in state.items()}
+    return card, {f"net.{k}": v for k, v in state.items()}
 
 
-MAX_INPUT_SIDE = 4096
-"""Largest image side a model description may ask inputs to be resized or cropped to."""
-
-
-def _is_int(v: Any, low: int = 1, high: int | None = None) -> bool:
-    ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
-    return ok and (high is None or v <= high)
-
-
-def _numbers(v: Any, n: int) -> bool:
-    return (
-        isinstance(v, list)
-        and len(v) == n
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-        and all(math.isfinite(x) for x in v)
-    )
-
-
-def _strings(v: Any) -> bool:
-    return v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-
-
-def _preprocessing_problem(prep: Any, channels: int) -> str | None:
-    if prep is None or prep == {}:
-        return None
-    if not isinstance(prep, dict):
-        return "preprocessing must be a mapping"
-    for key in ("mean", "std"):
-        if key in prep and not _numbers(prep[key], channels):
-            return f"preprocessing {key} must hold {channels} numbers"
-    if "std" in prep and min(prep["std"]) <= 0:
-        return "preprocessing std must be positive"
-    if prep.get("resize") is not None and not _is_int(prep["resize"], 1, MAX_INPUT_SIDE):
-        return f"preprocessing resize must be a side of 1..{MAX_INPUT_SIDE} pixels"
-    crop = prep.get("crop")
-    if crop is not None and not (
-        isinstance(crop, list)
-        and len(crop) == 2
-        and all(_is_int(c, 1, MAX_INPUT_SIDE) for c in crop)
-    ):
-        return f"preprocessing crop must be [H, W] of 1..{MAX_INPUT_SIDE} pixels"
-    return None
-
-
-def _description_problem(info: dict[str, Any]) -> str | None:
-    """What makes a model description unusable, or None (types and sizes, before building)."""
-    if not isinstance(info.get("model"), str) or not _is_int(info.get("num_classes")):
-        return "model must be a name and num_classes a positive count"
-    size, channels = info.get("input_size"), info.get("in_channels")
-    if not (isinstance(size, list) and len(size) == 3 and _is_int(channels, 1, 4)):
-        return "input_size must be [C, H, W] with in_channels C of 1..4"
-    if size[0] != channels or not all(_is_int(v, 1, MAX_INPUT_SIDE) for v in size[1:]):
-        return f"input_size must be [{channels}, H, W] with sides of 1..{MAX_INPUT_SIDE} pixels"
-    if not (_strings(info.get("positions")) and _strings(info.get("layouts"))):
-        return "positions and layouts must be lists of names"
-    groupings = info.get("groupings")
-    if not isinstance(groupings, list) or not all(
-        isinstance(g, Grouping) or (isinstance(g, dict) and "assignment" in g) for g in groupings
-    ):
-        return "groupings must be a list of groupings"
-    alpha = info.get("alpha")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        return "alpha must be a number"
-    names = info.get("class_names")
-    if not _strings(names) or (names is not None and len(names) != info["num_classes"]):
-        return f"class_names must list the {info['num_classes']} classes' names"
-    if info.get("data") is not None and not isinstance(info["data"], dict):
-        return "data must be a mapping"
-    norm = info.get("normalization")
-    if norm is not None and _preprocessing_problem(norm, channels):
-        return "normalization must hold mean and std per channel"
-    return _preprocessing_problem(info.get("preprocessing"), channels)
-
-
-def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
-    model = create_model(
-        info["model"],
-        info["num_classes"],
-        groupings or None,
-        in_channels=info["in_channels"],
-        positions=info["positions"] or None,
-        layouts=info["layouts"] or None,
-    )
-    model.input_size = tuple(int(v) for v in info["input_size"])  # the size it trained at
-    return model
-
-
-def check_description(path: str | Path, info: Any) -> list[Grouping]:
-    """The groupings of a model description read from ``path``, after checking its values'
-    types and sizes (nothing is built); ``ValueError`` naming ``path`` and the problem."""
-    if not isinstance(info, dict):
-        raise UserError(f"{path}: the model description is not a mapping")
-    problem = _description_problem(info)
-    if problem:
-        raise UserError(f"{path}: the model description is unusable ({problem})")
-    try:
-        groupings = groupings_of(info)
-    except (KeyError, TypeError, AttributeError, IndexError) as e:
-        raise UserError(f"{path}: the model description lacks or garbles {e}") from None
-    except ValueError as e:  # a grouping's assignment
-        raise UserError(f"{path}: {e}") from None
-    for g in groupings:
-        if g.num_classes != info["num_classes"]:
-            raise UserError(
-                f"{path}: grouping {g.name!r} covers {g.num_classes} classes, the model "
-                f"{info['num_classes']}"
-            )
-    return groupings
-
-
-def _model_of(
-    path: Path, info: dict[str, Any], state_dict: Any
-) -> tuple[SSALModel, list[Grouping]]:
-    """Build the described model and load its weights, after checking on the ``meta`` device
+def _model_of(path: Path, card: ModelCard, state_dict: Any) -> SSALModel:
+    """Build the carded model and load its weights, after checking on the ``meta`` device
     (nothing allocated) that every weight is a tensor of the shape the model expects."""
-    groupings = check_description(path, info)
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
         raise UserError(f"{path}: the weights are not a mapping of names to tensors")
     state = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
     try:
         with torch.device("meta"):
-            skeleton = _build(info, groupings)
+            skeleton = card.build()
     except (KeyError, TypeError, AttributeError, IndexError) as e:
-        raise UserError(f"{path}: the model description lacks or garbles {e}") from None
+        raise UserError(f"{path}: the model card does not build ({squeeze(e)})") from None
     except ValueError as e:  # groupings, positions or layouts that do not fit the model
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {squeeze(e)}") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     if given != expected or len(state) != len(given):
@@ -304,64 +146,62 @@ def _model_of(
             set(expected) ^ set(state) | {k for k in given if given[k] != expected.get(k)}
         )
         raise UserError(
-            f"{path}: weights do not fit {info['model']} (missing, unexpected or misshapen: "
+            f"{path}: weights do not fit {card.model} (missing, unexpected or misshapen: "
             f"{', '.join(wrong[:3]) or 'non-tensor values'})"
         )
-    for i, g in enumerate(groupings):  # the weights repeat each grouping as a buffer
-        index = state[f"group_index_{i}"]
-        if not torch.equal(index.double(), torch.as_tensor(g.assignment).double()):
+    for i, g in enumerate(card.groupings):  # the weights repeat each grouping as a buffer
+        name = group_index_name(i)
+        if not torch.equal(state[name].double(), torch.as_tensor(g.assignment).double()):
             raise UserError(
-                f"{path}: the weights' group_index_{i} disagrees with grouping {g.name!r} of "
-                "the model description"
+                f"{path}: the weights' {name} disagrees with grouping {g.name!r} of the model card"
             )
-    model = _build(info, groupings)
+    model = card.build()
     model.load_state_dict(state)
-    return model, groupings
+    return model
 
 
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[SSALModel, dict[str, Any]]:
-    """Rebuild the trained ``SSALModel`` from a checkpoint or an ``ssal export`` folder.
-
-    Returns the model (eval mode) and its description: model name, ``groupings`` (as
-    ``Grouping``), alpha, class names, ``preprocessing`` and data settings, epoch and step.
-    A description or weights that do not fit raise ``ValueError`` naming the file, before
-    anything the size of the description's claims is allocated.
-    """
+) -> tuple[SSALModel, ModelCard]:
+    """Rebuild the trained ``SSALModel`` (eval mode) and its card from a checkpoint or an
+    ``ssal export`` folder. A card or weights that do not fit raise ``ValueError`` naming the
+    file, before anything the size of the card's claims is allocated."""
     path = Path(path)
-    if path.is_dir() or path.name in (EXPORT_INFO, EXPORT_WEIGHTS):
-        info, state_dict = _read_export(path if path.is_dir() else path.parent)
-        ckpt: dict[str, Any] = {}
+    if _is_export(path):
+        card, state_dict = _read_export(path if path.is_dir() else path.parent)
     else:
         ckpt = read_checkpoint(path, map_location)
-        info, state_dict = ckpt[CHECKPOINT_KEY], ckpt["state_dict"]
-    model, groupings = _model_of(path, info, state_dict)
-    info = dict(info)
-    info["preprocessing"] = preprocessing_of(info)
-    info["groupings"] = groupings
-    info["epoch"] = ckpt.get("epoch", info.get("epoch"))
-    info["global_step"] = ckpt.get("global_step", info.get("global_step"))
-    return model.eval(), info
+        card, state_dict = _checkpoint_card(path, ckpt), ckpt["state_dict"]
+    return _model_of(path, card, state_dict).eval(), card
 
 
-def set_checkpoint_alpha(path: str | Path, alpha: float, chosen_on: str) -> None:
-    """Store a tuned alpha in a checkpoint (atomically), so evaluation and predict use it."""
-    path = Path(path)
-    ckpt = read_checkpoint(path)
-    ckpt[CHECKPOINT_KEY]["alpha"] = float(alpha)
-    ckpt[CHECKPOINT_KEY]["alpha_chosen_on"] = chosen_on
+def _save_atomically(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(ckpt, tmp)
+    try:
+        torch.save(obj, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 
+def set_checkpoint_alpha(path: str | Path, alpha: float, chosen_on: str) -> None:
+    """Store a tuned alpha, and where it was chosen, in a checkpoint's card (atomically), so
+    evaluation and predict use it."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    card = ModelCard.from_dict(ckpt[CHECKPOINT_KEY], path)
+    tuned = dataclasses.replace(card, alpha=float(alpha), alpha_chosen_on=chosen_on)
+    ckpt[CHECKPOINT_KEY] = tuned.to_dict()
+    _save_atomically(ckpt, path)
+
+
 def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetensors") -> Path:
-    """Write a checkpoint's model for sharing: ``ssal.json`` (model, groupings, alpha, class
-    names, preprocessing) beside the weights as ``model.safetensors`` (loads with
-    ``load_checkpoint(out)``, nothing unpickled) or, with ``format="onnx"``, the whole model as
-    ``model.onnx`` (``onnx_heads``: one named output per head, any batch size; runs with
-    onnxruntime, see ``ssal.inference.load_model``). Files are readable by all.
+    """Write a checkpoint's model for sharing: its card as ``ssal.json`` beside the weights as
+    ``model.safetensors`` (loads with ``load_checkpoint(out)``, nothing unpickled) or, with
+    ``format="onnx"``, the whole model as ``model.onnx`` (``onnx_heads``: one named output per
+    head, any batch size; runs with onnxruntime, see ``ssal.inference.load_model``). Files are
+    readable by all.
 
     The checkpoint is checked as ``load_checkpoint`` checks it before anything is written, and
     the weights go through a temporary file: an export that fails leaves no file behind."""
@@ -369,15 +209,10 @@ def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetens
         raise UserError(f"export format must be safetensors or onnx, got {format!r}")
     path = Path(path)
     ckpt = read_checkpoint(path)
-    model, _ = _model_of(path, ckpt[CHECKPOINT_KEY], ckpt["state_dict"])
-    info = dict(ckpt[CHECKPOINT_KEY])
-    info.update(epoch=ckpt.get("epoch"), global_step=ckpt.get("global_step"), source=str(path))
+    card = _checkpoint_card(path, ckpt)
+    model = _model_of(path, card, ckpt["state_dict"])
     if format == "onnx":
-        info["onnx_heads"] = onnx_heads(model.num_branches)
-    try:
-        json.dumps(info)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: the model description is not plain JSON values ({e})") from None
+        card = dataclasses.replace(card, onnx_heads=tuple(onnx_heads(model.num_branches)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = EXPORT_ONNX if format == "onnx" else EXPORT_WEIGHTS
@@ -389,13 +224,13 @@ def export_checkpoint(path: str | Path, out: str | Path, format: str = "safetens
             from safetensors.torch import save_file
 
             state = {k: v.contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp), metadata={"format": "pt", "model": str(info["model"])})
+            save_file(state, str(tmp), metadata={"format": "pt", "model": card.model})
         tmp.chmod(0o644)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(target)
-    write_json(out / EXPORT_INFO, info)
+    write_json(out / EXPORT_CARD, card.to_dict())
     return out
 
 

@@ -24,10 +24,10 @@ from ssal.callbacks import log_interval, use_loss_progress_bar
 from ssal.checkpoint import set_checkpoint_alpha
 from ssal.data.in_memory import InMemoryDataModule
 from ssal.errors import UserError
-from ssal.evaluate import Track, groupings_from_model
+from ssal.evaluate import Track, evaluate_runs, groupings_from_model
 from ssal.files import write_json
 from ssal.grouping import save_groupings
-from ssal.report import evaluate_runs, save_report
+from ssal.report import save_report
 from ssal.train import SSALModule
 
 __all__ = ["DEMO_MODEL", "run_demo"]
@@ -184,7 +184,7 @@ def run_demo(
     say("[4/4] choosing alpha on the held-out split, evaluating on the test set")
     # one evaluation of each split serves the summary and the report alike
     base_run, ssal_run = evaluate_runs(
-        [out / "baseline", out / "ssal"], device=device, datamodule=dm, track=track
+        [out / "baseline", out / "ssal"], lambda card: dm, device=device, track=track
     )
     set_checkpoint_alpha(ssal_ckpt, ssal_run.alpha, ssal_run.alpha_source)  # evaluate/predict
     test, heldout = ssal_run.test, ssal_run.heldout

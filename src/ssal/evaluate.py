@@ -5,32 +5,47 @@
 - ``choose_alpha``: alpha from the held-out split (never the test set);
 - ``evaluate_split_pair``: alpha on the held-out split, then the test split at that alpha;
 - ``heldout_confusion`` and ``groupings_from_model``: the paper's groupings from a model's
-  confusion on the held-out split.
+  confusion on the held-out split;
+- ``evaluate_run`` and ``evaluate_runs``: run folders' checkpoints evaluated as the paper
+  does, with the per-image answers the report's analysis needs (``RunResult``); the report
+  only renders them.
 
 ``data`` arguments follow the datamodule protocol (``heldout_dataloader()``,
-``test_dataloader()``, ``prepare_batch(images, train)``, ``num_classes``); loops report
-progress through ``track(iterable, description, total)`` when one is given.
+``test_dataloader()``, ``prepare_batch(images, train)``, ``num_classes``); a run's data comes
+from ``data_for(card)`` (the caller rebuilds or reuses datamodules: this layer never imports
+the training engine). Loops report progress through ``track(iterable, description, total)``
+when one is given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ssal.card import ModelCard
+from ssal.checkpoint import load_checkpoint
 from ssal.grouping import Grouping, groupings_from_confusion
 from ssal.model import SSALModel, SSALOutput
+from ssal.predict import structured_predict
+from ssal.runs import RunSource, find_runs, read_metrics_csv
 from ssal.scores import ALPHA_GRID, batch_counts, count_shapes, figures
 
 __all__ = [
     "AlphaEvaluation",
+    "DataFor",
+    "EvalData",
     "OnBatch",
+    "RunResult",
     "Track",
     "choose_alpha",
     "evaluate_model",
+    "evaluate_run",
+    "evaluate_runs",
     "evaluate_split_pair",
     "groupings_from_model",
     "heldout_confusion",
@@ -54,16 +69,6 @@ class EvalData(Protocol):
     def prepare_batch(self, images: torch.Tensor, train: bool = False) -> torch.Tensor: ...
 
 
-def _is_channels_last(model: torch.nn.Module) -> bool:
-    """Whether the conv weights are channels_last, judged on the first weight whose layout
-    tells (a 1-channel or 1x1 weight is both contiguous and channels_last)."""
-    cl = torch.channels_last
-    for p in model.parameters():
-        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=cl):
-            return p.is_contiguous(memory_format=cl)
-    return True  # nothing to convert
-
-
 @torch.no_grad()
 def evaluate_model(
     model: SSALModel,
@@ -81,24 +86,23 @@ def evaluate_model(
 
     ``prepare`` turns a raw batch of images on ``device`` into the model's input (conversion
     and normalisation as in training, without augmentation). ``on_batch(output, labels)`` sees
-    every batch's output. Image batches run in channels_last (faster convolutions on CPUs and
-    GPUs); the model is left in the memory format it came in.
+    every batch's output. Image batches run in channels_last (convolutions pick their
+    channels_last kernels from the input); the model's weights are never converted: the
+    model is moved to ``device`` and otherwise left as it came (memory format, and train or
+    eval mode: it runs in eval mode).
     """
     device = torch.device(device)
+    was_training = model.training
     model = model.to(device).eval()
     groups = [g.to(device) for g in model.group_indices]
     shapes = count_shapes(num_classes, len(groups), len(ALPHA_GRID), confusion=True)
     sums = {k: torch.zeros(s, dtype=torch.long, device=device) for k, s in shapes.items()}
     total = len(loader) if hasattr(loader, "__len__") else None
     batches = track(loader, description, total) if track is not None else loader
-    converted = False
     try:
         for images, labels in batches:
             x = prepare(images.to(device, non_blocking=True))
             if x.ndim == 4:
-                if not converted and not _is_channels_last(model):
-                    model.to(memory_format=torch.channels_last)
-                    converted = True
                 x = x.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             out = model(x)
@@ -107,8 +111,7 @@ def evaluate_model(
             if on_batch is not None:
                 on_batch(out, labels)
     finally:
-        if converted:
-            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
     return figures(sums, alpha)
 
 
@@ -233,3 +236,111 @@ def groupings_from_model(
     )
     groupings = groupings_from_confusion(confusion, sizes, mode, size_margin, seed)  # type: ignore[arg-type]
     return groupings, confusion
+
+
+# ------------------------------------------------------------------------------ run folders
+DataFor = Callable[[ModelCard], EvalData]
+"""The set-up data to evaluate a card's model on (``ssal.data.registry.datamodule_rebuilder``
+rebuilds the card's own; ``lambda card: dm`` reuses one)."""
+
+_PER_IMAGE = ("fine_class", "fine_prob", "branch_group", "joint_class")
+
+
+class _PerImage:
+    """Collects, batch by batch, the per-image answers the analysis needs (never logits)."""
+
+    def __init__(self, groups: Sequence[torch.Tensor], alpha: float) -> None:
+        self.groups, self.alpha = groups, alpha
+        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*_PER_IMAGE, "labels")}
+
+    def __call__(self, out: SSALOutput, labels: torch.Tensor) -> None:
+        groups = [g.to(labels.device) for g in self.groups]
+        s = structured_predict(out.logits, out.branch_logits, groups, self.alpha)
+        for key in _PER_IMAGE:
+            self.parts[key].append(getattr(s, key).cpu())
+        self.parts["labels"].append(labels.cpu())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: torch.cat(v).numpy() for k, v in self.parts.items()}
+
+
+@dataclass
+class RunResult:
+    """A run evaluated: its card, test (and held-out) figures, the alpha used on the test
+    split and where it came from, per-image outputs on the test split (``fine_class``,
+    ``fine_prob``, ``branch_group``, ``joint_class``, ``labels``), its training log
+    (``metrics.csv``) and any warning to show."""
+
+    source: RunSource
+    card: ModelCard
+    test: dict[str, Any]
+    outputs: dict[str, np.ndarray]
+    heldout: dict[str, Any] | None = None
+    alpha: float = 0.0
+    alpha_source: str = "checkpoint"
+    log: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def groupings(self) -> list[Grouping]:
+        return list(self.card.groupings)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card.names)
+
+
+def evaluate_run(
+    source: RunSource,
+    data_for: DataFor,
+    device: torch.device | str | None = None,
+    alpha: float | None = None,
+    heldout: Mapping[str, Any] | None = None,
+    track: Track | None = None,
+) -> RunResult:
+    """Evaluate one run's checkpoint (held-out split first, then test split) on
+    ``data_for(card)``, keeping the per-image answers of the test split.
+
+    SSAL runs: the held-out split gives accuracy against alpha and, unless ``alpha`` is given,
+    the alpha used on the test split (``heldout`` may pass figures already computed there).
+    """
+    model, card = load_checkpoint(source.checkpoint)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    collectors: list[_PerImage] = []
+
+    def per_image(chosen: float) -> OnBatch:
+        collectors.append(_PerImage(model.group_indices, chosen))
+        return collectors[-1]
+
+    ev = evaluate_split_pair(
+        model, data_for(card), card.alpha, alpha, dev, track, per_image, heldout, source.name
+    )
+    log = read_metrics_csv(source.metrics_csv) if source.metrics_csv else {}
+    return RunResult(
+        source,
+        card,
+        ev.test,
+        collectors[-1].arrays(),
+        ev.heldout,
+        ev.alpha,
+        ev.alpha_source,
+        log,
+        ev.warnings,
+    )
+
+
+def evaluate_runs(
+    paths: Sequence[str | Path],
+    data_for: DataFor,
+    device: torch.device | str | None = None,
+    alpha: float | None = None,
+    heldout: Mapping[str, Mapping[str, Any] | None] | None = None,
+    track: Track | None = None,
+) -> list[RunResult]:
+    """Evaluate the runs in ``paths`` (run folders or checkpoints, ``ssal.runs.find_runs``)
+    as ``evaluate_run`` does; ``heldout`` maps run names to figures already computed on the
+    held-out split."""
+    return [
+        evaluate_run(s, data_for, device, alpha, (heldout or {}).get(s.name), track)
+        for s in find_runs(paths)
+    ]

@@ -1,5 +1,6 @@
-"""Small file helpers: writes that never leave half a file behind, and bounded reads of the
-small text and JSON files users hand in (descriptions, groupings, shard metadata)."""
+"""Small file helpers: writes that never leave half a file behind, bounded reads of the
+small text and JSON files users hand in (model cards, groupings, shard metadata), and the
+one-line form of an error message."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from pathlib import Path
 
 from ssal.errors import UserError
 
-__all__ = ["MAX_SMALL_FILE", "read_json", "read_text", "write_json", "write_text"]
+__all__ = ["MAX_SMALL_FILE", "read_json", "read_text", "squeeze", "write_json", "write_text"]
 
 MAX_SMALL_FILE = 16 * 2**20
-"""Largest description, groupings or metadata file read (ImageNet's take under 100 kB)."""
+"""Largest model card, groupings or metadata file read (ImageNet's take under 100 kB)."""
+
+
+def squeeze(message: object) -> str:
+    """``message`` (an exception, or any text) on one line: runs of whitespace, newlines
+    included, become one space (errors a user sees end in one line)."""
+    return " ".join(str(message).split())
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -53,4 +60,4 @@ def read_json(path: str | Path, max_bytes: int = MAX_SMALL_FILE) -> object:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise UserError(f"{path}: not valid JSON ({' '.join(str(e).split())[:200]})") from None
+        raise UserError(f"{path}: not valid JSON ({squeeze(e)[:200]})") from None

@@ -162,13 +162,15 @@ def check_assignment(
     return a
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Grouping:
     """One partition of the classes: ``assignment[c]`` is the group of class ``c``.
 
-    ``class_names`` and ``source``: the names of the classes, in order, and the file, where
-    the grouping was read from a file that names them (``check_class_names`` holds them
-    against the data's); neither takes part in comparisons or ``to_dict``.
+    Groupings are equal when their assignments, names, modes and group counts are (so cards
+    holding them compare), and hash alike then. ``class_names`` and ``source``: the names of
+    the classes, in order, and the file, where the grouping was read from a file that names
+    them (``check_class_names`` holds them against the data's); neither takes part in
+    comparisons or ``to_dict``.
     """
 
     assignment: np.ndarray
@@ -186,6 +188,17 @@ class Grouping:
         object.__setattr__(self, "num_groups", self.num_groups or int(a.max()) + 1)
         if not self.name:
             object.__setattr__(self, "name", f"{self.mode}-{self.num_groups}")
+
+    def _key(self) -> tuple:
+        return (tuple(self.assignment.tolist()), self.name, self.mode, self.num_groups)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grouping):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def num_classes(self) -> int:

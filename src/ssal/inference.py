@@ -1,8 +1,8 @@
 """Images to structured predictions, without any training engine.
 
 ``predict_images`` reads image files of any size and mode, turns them into the model's input
-exactly as its checkpoint says (``preprocessing``: normalisation, resize and crop, stored as
-data) and returns one plain dict per image (``describe_predictions``; the format is documented
+exactly as its card says (``ModelCard.preprocessing``: normalisation, resize and crop) and
+returns one plain dict per image (``describe_predictions``; the format is documented
 in the README, "Predictions (JSON)"). ``predict_tensors`` does the same for a batch.
 """
 
@@ -16,22 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssal.card import ModelCard, Preprocessing
 from ssal.checkpoint import (
-    EXPORT_INFO,
+    EXPORT_CARD,
     EXPORT_ONNX,
     EXPORT_WEIGHTS,
-    check_description,
     load_checkpoint,
     onnx_heads,
-    preprocessing_of,
-    read_export_info,
+    read_card,
 )
 from ssal.data.decoding import load_pil
-from ssal.data.transforms import normalize, resize_for_model
+from ssal.data.transforms import normalize
 from ssal.errors import UserError
+from ssal.files import squeeze
 from ssal.grouping import Grouping
 from ssal.model import SSALOutput
-from ssal.predict import GroupingLike, joint_predict, structured_predict
+from ssal.predict import GroupingLike, group_index, joint_predict, structured_predict
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -139,14 +139,14 @@ class OnnxModel:
 
 
 def _brief(e: BaseException) -> str:
-    return " ".join(str(e).split())[:160] or type(e).__name__
+    return squeeze(e)[:160] or type(e).__name__
 
 
-def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """A model and its description from a checkpoint, an ``ssal export`` folder (weights as
+def load_model(path: str | Path) -> tuple[Any, ModelCard]:
+    """A model and its card from a checkpoint, an ``ssal export`` folder (weights as
     safetensors) or an ONNX export (a folder with ``model.onnx``, or the file itself).
 
-    ``ssal.json`` of an ONNX export is checked as a checkpoint's description is, and its
+    ``ssal.json`` of an ONNX export is checked as a checkpoint's card is, and its
     ``onnx_heads`` must name the fine logits and one output per grouping."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -156,22 +156,21 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     )
     if not is_onnx:
         return load_checkpoint(path)
-    info = read_export_info(folder, onnx.name)
-    info_path = folder / EXPORT_INFO
-    groupings = check_description(info_path, info)
-    heads = onnx_heads(len(groupings))
-    if info.get("onnx_heads") != heads:
-        raise UserError(f"{info_path}: onnx_heads must be {heads} (one output per grouping)")
-    info = {**info, "groupings": groupings, "preprocessing": preprocessing_of(info)}
-    widths = [info["num_classes"], *(g.num_groups for g in groupings)]
-    return OnnxModel(onnx, heads, widths), info
+    card = read_card(folder, onnx.name)
+    heads = onnx_heads(len(card.groupings))
+    if card.onnx_heads != tuple(heads):
+        raise UserError(
+            f"{folder / EXPORT_CARD}: onnx_heads must be {heads} (one output per grouping)"
+        )
+    widths = [card.num_classes, *(g.num_groups for g in card.groupings)]
+    return OnnxModel(onnx, heads, widths), card
 
 
 def load_image(
     path: str | Path,
     in_channels: int,
     size: Sequence[int],
-    preprocessing: dict[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> torch.Tensor:
     """Read one image file into a uint8 ``(in_channels, H, W)`` tensor, as the model was fed.
 
@@ -189,15 +188,14 @@ def load_image(
     if in_channels not in (1, 3):
         raise UserError(f"models with {in_channels} input channels cannot read image files")
     img = load_pil(path, in_channels)
-    img = resize_for_model(img, (int(size[0]), int(size[1])), preprocessing)
+    img = (preprocessing or Preprocessing.plain(in_channels)).resize_image(img, size)
     return F.pil_to_tensor(img)
 
 
-def load_images(paths: Sequence[str | Path], info: dict[str, Any]) -> torch.Tensor:
-    """Read image files for a model (``info`` from ``load_checkpoint``): uint8 (N, C, H, W)."""
-    c, h, w = (int(v) for v in info["input_size"])
-    prep = info.get("preprocessing")
-    return torch.stack([load_image(p, c, (h, w), prep) for p in paths])
+def load_images(paths: Sequence[str | Path], card: ModelCard) -> torch.Tensor:
+    """Read image files for a model (``card`` from ``load_checkpoint``): uint8 (N, C, H, W)."""
+    c, h, w = card.input_size
+    return torch.stack([load_image(p, c, (h, w), card.preprocessing) for p in paths])
 
 
 def _name(names: Sequence[str] | None, c: int) -> str:
@@ -206,11 +204,6 @@ def _name(names: Sequence[str] | None, c: int) -> str:
 
 def _grouping_name(g: GroupingLike, i: int) -> str:
     return g.name if isinstance(g, Grouping) and g.name else f"grouping {i + 1}"
-
-
-def _assignment(g: GroupingLike) -> torch.Tensor:
-    a = g.assignment if isinstance(g, Grouping) else g
-    return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).long()
 
 
 def _top(
@@ -239,11 +232,12 @@ def describe_predictions(
     """
     if top_k < 1:
         raise UserError(f"top_k must be >= 1, got {top_k}")
-    s = structured_predict(fine_logits, branch_logits, groupings, alpha)
+    joint = joint_predict(fine_logits, branch_logits, groupings, alpha)
+    s = structured_predict(fine_logits, branch_logits, groupings, alpha, joint)
     k = min(top_k, fine_logits.shape[-1])
     fine_top = torch.softmax(fine_logits.float(), dim=-1).topk(k, dim=-1)
-    joint_top = joint_predict(fine_logits, branch_logits, groupings, alpha).topk(k, dim=-1)
-    assignments = [_assignment(g) for g in groupings]
+    joint_top = joint.topk(k, dim=-1)
+    assignments = [group_index(g).cpu() for g in groupings]
     records = []
     for n in range(fine_logits.shape[0]):
         fine_c, joint_c = int(s.fine_class[n]), int(s.joint_class[n])
@@ -286,15 +280,15 @@ def describe_predictions(
 @torch.no_grad()
 def predict_tensors(
     model: torch.nn.Module,
-    info: dict[str, Any],
+    card: ModelCard,
     images: torch.Tensor,
     alpha: float | None = None,
     top_k: int = 1,
 ) -> list[dict[str, Any]]:
-    """Structured predictions of a checkpoint's model for a batch ``(N, C, H, W)``.
+    """Structured predictions of a carded model for a batch ``(N, C, H, W)``.
 
-    ``uint8`` images are normalised with the checkpoint's mean and std first; floating images
-    are taken as already normalised. ``alpha`` defaults to the checkpoint's.
+    ``uint8`` images are normalised with the card's mean and std first; floating images are
+    taken as already normalised. ``alpha`` defaults to the card's.
     """
     if images.ndim != 4:
         raise UserError(f"images must be a batch (N, C, H, W), got shape {tuple(images.shape)}")
@@ -302,23 +296,22 @@ def predict_tensors(
     device = params.device if params is not None else torch.device("cpu")
     images = images.to(device)
     if not images.is_floating_point():
-        prep = info.get("preprocessing") or {}
-        c = images.shape[1]
-        images = normalize(images, prep.get("mean", [0.0] * c), prep.get("std", [1.0] * c))
+        prep = card.preprocessing
+        images = normalize(images, list(prep.mean), list(prep.std))
     out = model(images)
     return describe_predictions(
         out.logits.cpu(),
         [b.cpu() for b in out.branch_logits],
-        info.get("groupings") or [],
-        info.get("class_names"),
-        float(info.get("alpha", 0.0) if alpha is None else alpha),
+        card.groupings,
+        card.class_names,
+        card.alpha if alpha is None else float(alpha),
         top_k,
     )
 
 
 def iter_predictions(
     model: torch.nn.Module,
-    info: dict[str, Any],
+    card: ModelCard,
     paths: Sequence[str | Path],
     alpha: float | None = None,
     top_k: int = 1,
@@ -330,13 +323,12 @@ def iter_predictions(
     An unreadable file raises ``ValueError``, or, with ``skip``, is reported to
     ``skip(path, reason)`` and left out.
     """
-    c, h, w = (int(v) for v in info["input_size"])
-    prep = info.get("preprocessing")
+    c, h, w = card.input_size
     for start in range(0, len(paths), batch_size):
         files, images = [], []
         for p in paths[start : start + batch_size]:
             try:
-                images.append(load_image(p, c, (h, w), prep))
+                images.append(load_image(p, c, (h, w), card.preprocessing))
             except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
                 if skip is None:
                     raise
@@ -344,13 +336,13 @@ def iter_predictions(
                 continue
             files.append(p)
         if files:
-            batch = predict_tensors(model, info, torch.stack(images), alpha, top_k)
+            batch = predict_tensors(model, card, torch.stack(images), alpha, top_k)
             yield [{"file": str(p), **r} for p, r in zip(files, batch, strict=True)]
 
 
 def predict_images(
     model: torch.nn.Module,
-    info: dict[str, Any],
+    card: ModelCard,
     paths: Sequence[str | Path],
     alpha: float | None = None,
     top_k: int = 1,
@@ -362,5 +354,5 @@ def predict_images(
     a time; an unreadable file raises ``ValueError`` naming it.
     """
     return [
-        r for batch in iter_predictions(model, info, paths, alpha, top_k, batch_size) for r in batch
+        r for batch in iter_predictions(model, card, paths, alpha, top_k, batch_size) for r in batch
     ]

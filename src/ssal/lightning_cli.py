@@ -28,7 +28,7 @@ from ssal.callbacks import (
     log_interval,
     use_loss_progress_bar,
 )
-from ssal.checkpoint import CHECKPOINT_KEY, groupings_of, read_checkpoint
+from ssal.checkpoint import read_card, read_checkpoint
 from ssal.config_errors import ConfigError, explain_config_error, plain_validation_error
 from ssal.config_files import check_config, config_files
 from ssal.errors import UserError
@@ -208,8 +208,7 @@ class SSALCLI(LightningCLI):
         trainer.callbacks.append(RunReport())
         ckpt_path = self.config["fit"].get("ckpt_path")
         if ckpt_path and module.awaits_groupings:  # a resumed auto run keeps its groupings
-            info = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]
-            module.set_groupings(groupings_of(info) or None)
+            module.set_groupings(list(read_card(ckpt_path).groupings) or None)
         elif trainer.world_size > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             # Lightning's launcher starts the other processes after this: derive here, once
             AutoGroupings.derive_before_launch(trainer, module, self.datamodule)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssal.errors import UserError
 from ssal.grouping import Grouping, as_grouping
-from ssal.model import SSALOutput
+from ssal.model import SSALOutput, group_index_name
 
 __all__ = ["LossParts", "SSALLoss", "smoothing_for"]
 
@@ -73,9 +73,8 @@ class SSALLoss(nn.Module):
         smoothing_for(label_smoothing, 2, convention)  # validate early
         self.num_groups = [g.num_groups for g in groupings]
         for i, g in enumerate(groupings):
-            self.register_buffer(
-                f"group_index_{i}", torch.as_tensor(g.assignment), persistent=False
-            )
+            index = torch.as_tensor(g.assignment)
+            self.register_buffer(group_index_name(i), index, persistent=False)
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         eps = smoothing_for(self.label_smoothing, logits.shape[-1], self.convention)
@@ -89,7 +88,7 @@ class SSALLoss(nn.Module):
             )
         fine = self._ce(logits, target)
         parts = tuple(
-            self._ce(b, getattr(self, f"group_index_{i}")[target])
+            self._ce(b, getattr(self, group_index_name(i))[target])
             for i, b in enumerate(branch_logits)
         )
         total = fine

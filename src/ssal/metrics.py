@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
+from ssal.model import group_index_name
 from ssal.scores import ALPHA_GRID, batch_counts, count_shapes, figures
 
 __all__ = ["ALPHA_GRID", "SSALMetrics"]
@@ -35,7 +36,7 @@ class SSALMetrics(Metric):
         super().__init__()
         self.num_branches = len(group_indices)
         for i, g in enumerate(group_indices):
-            self.register_buffer(f"group_index_{i}", torch.as_tensor(g, dtype=torch.long))
+            self.register_buffer(group_index_name(i), torch.as_tensor(g, dtype=torch.long))
         self.num_classes = num_classes
         self.alpha = float(alpha)
         self.alpha_grid = tuple(float(a) for a in alpha_grid)
@@ -47,7 +48,7 @@ class SSALMetrics(Metric):
 
     @property
     def group_indices(self) -> list[torch.Tensor]:
-        return [getattr(self, f"group_index_{i}") for i in range(self.num_branches)]
+        return [getattr(self, group_index_name(i)) for i in range(self.num_branches)]
 
     def update(
         self, logits: torch.Tensor, branch_logits: Sequence[torch.Tensor], target: torch.Tensor

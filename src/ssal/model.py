@@ -21,9 +21,15 @@ from ssal.errors import UserError
 from ssal.grouping import Grouping, as_grouping
 from ssal.layouts import build_branch
 
-__all__ = ["BranchSpec", "SSALModel", "SSALOutput", "resolve_position"]
+__all__ = ["BranchSpec", "SSALModel", "SSALOutput", "group_index_name", "resolve_position"]
 
 INPUT_SUFFIX = ":input"
+
+
+def group_index_name(branch: int) -> str:
+    """The buffer name of branch ``branch``'s class-to-group index (models, losses and
+    metrics hold one per branch; checkpoints store the model's)."""
+    return f"group_index_{branch}"
 
 
 class SSALOutput(NamedTuple):
@@ -100,7 +106,7 @@ class SSALModel(nn.Module):
         for i, g in enumerate(self.groupings):
             # a copy: loading weights into the buffer must never change the Grouping
             index = torch.tensor(g.assignment, dtype=torch.long)
-            self.register_buffer(f"group_index_{i}", index, persistent=True)
+            self.register_buffer(group_index_name(i), index, persistent=True)
         for i, (module, use_input) in enumerate(targets):
             # bound methods, not closures over self: a deep copy (EMA, SWA) or a pickled model
             # gets hooks that feed its own branches
@@ -150,7 +156,7 @@ class SSALModel(nn.Module):
     @property
     def group_indices(self) -> list[torch.Tensor]:
         """Per branch, the ``(C,)`` long tensor mapping each class to its group."""
-        return [getattr(self, f"group_index_{i}") for i in range(self.num_branches)]
+        return [getattr(self, group_index_name(i)) for i in range(self.num_branches)]
 
     def forward(self, x: torch.Tensor) -> SSALOutput:
         logits = self.backbone(x)

@@ -20,6 +20,7 @@ __all__ = [
     "GroupingLike",
     "StructuredPrediction",
     "branch_log_probs",
+    "group_index",
     "joint_log_probs",
     "joint_predict",
     "structured_predict",
@@ -28,7 +29,9 @@ __all__ = [
 GroupingLike = Grouping | np.ndarray | torch.Tensor | Sequence[int]
 
 
-def _index(g: GroupingLike, device: torch.device) -> torch.Tensor:
+def group_index(g: GroupingLike, device: torch.device | str | None = None) -> torch.Tensor:
+    """A grouping (``Grouping``, array, tensor or list) as the long tensor ``(C,)`` of each
+    class's group, on ``device`` (default: where a tensor is, else the CPU)."""
     a = g.assignment if isinstance(g, Grouping) else g
     return torch.as_tensor(
         np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.long, device=device
@@ -62,7 +65,7 @@ def branch_log_probs(
     branch_logits: torch.Tensor, grouping: GroupingLike, num_classes: int
 ) -> torch.Tensor:
     """``log softmax(branch)[g[c]]`` for every class c: ``(N, G)`` -> ``(N, C)`` (one gather)."""
-    idx = _index(grouping, branch_logits.device)
+    idx = group_index(grouping, branch_logits.device)
     if idx.numel() != num_classes:
         raise ValueError(f"grouping covers {idx.numel()} classes, logits {num_classes}")
     return torch.log_softmax(branch_logits.float(), dim=-1).index_select(-1, idx)
@@ -100,11 +103,13 @@ def structured_predict(
     branch_logits: Sequence[torch.Tensor],
     groupings: Sequence[GroupingLike],
     alpha: float | Sequence[float] = 0.3,
+    joint: torch.Tensor | None = None,
 ) -> StructuredPrediction:
     """Fine class, each branch's group and whether it agrees with the fine class's group.
 
     ``consistent`` is true where every branch agrees: the paper keeps those predictions and
-    sets the others aside as doubtful.
+    sets the others aside as doubtful. ``joint``: the +JP probabilities of these logits at
+    ``alpha`` where the caller has them already (``joint_predict``; saves computing them).
     """
     fine_p = torch.softmax(fine_logits.float(), dim=-1)
     fine_prob, fine_class = fine_p.max(dim=-1)
@@ -114,10 +119,11 @@ def structured_predict(
         p, k = torch.softmax(b.float(), dim=-1).max(dim=-1)
         groups.append(k)
         probs.append(p)
-        agree.append(_index(g, k.device)[fine_class] == k)
+        agree.append(group_index(g, k.device)[fine_class] == k)
     stack = lambda xs, dt: torch.stack(xs, 1) if xs else torch.zeros(n, 0, dtype=dt)  # noqa: E731
     agree_t = stack(agree, torch.bool)
-    joint = joint_predict(fine_logits, branch_logits, groupings, alpha)
+    if joint is None:
+        joint = joint_predict(fine_logits, branch_logits, groupings, alpha)
     joint_prob, joint_class = joint.max(dim=-1)
     return StructuredPrediction(
         fine_class=fine_class,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ssal.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from ssal.checkpoint import read_card
 from ssal.errors import UserError
 from ssal.files import write_json
 from ssal.runs import checkpoint_in, metrics_in, val_curve
@@ -254,9 +254,9 @@ def execute(
         start = time.perf_counter()
         if _call(_fit_command(run, folder), f, env, deadline) != 0:
             raise RuntimeError(f"run {run.name} seed {run.seed} failed; see {log}")
-        info = read_checkpoint(_checkpoint(folder))[CHECKPOINT_KEY]
+        card = read_card(_checkpoint(folder))
         ev = [*_fit_command(run, folder)[:3], "evaluate", "--checkpoint", str(_checkpoint(folder))]
-        ev += ["--json", str(tmp)] + (["--tune-alpha"] if info["groupings"] else [])
+        ev += ["--json", str(tmp)] + (["--tune-alpha"] if card.groupings else [])
         if _call(ev, f, env, deadline) != 0:
             raise RuntimeError(f"evaluation of {run.name} seed {run.seed} failed; see {log}")
     evaluation = json.loads(tmp.read_text())
@@ -272,10 +272,10 @@ def execute(
         "epochs": len(curve),
         "seconds": round(time.perf_counter() - start, 1),
         **{k: evaluation.get(k) for k in _EVAL_KEYS},
-        "has_branches": bool(info["groupings"]),
-        "groupings": info["groupings"],
+        "has_branches": bool(card.groupings),
+        "groupings": [g.to_dict() for g in card.groupings],
         "curve": curve,
-        "curve_joint": val_curve(metrics, "val/acc_joint") if info["groupings"] else [],
+        "curve_joint": val_curve(metrics, "val/acc_joint") if card.groupings else [],
     }
     write_json(folder / "eval.json", record)  # written last: marks the run finished
     tmp.unlink()
@@ -309,7 +309,7 @@ def _device_name(run: StudyRun, env: dict[str, str] | None) -> str:
 
 def run_has_branches(folder: Path) -> bool:
     """Whether the run's checkpoint has SSAL branches (alpha is tuned only then)."""
-    return bool(read_checkpoint(_checkpoint(folder))[CHECKPOINT_KEY]["groupings"])
+    return bool(read_card(_checkpoint(folder)).groupings)
 
 
 def read_records(path: str | Path) -> dict[tuple[str, int], dict[str, Any]]:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ssal.backbones import create_model, get_entry
-from ssal.checkpoint import CHECKPOINT_KEY, describe_model, groupings_of
+from ssal.card import ModelCard, Preprocessing
+from ssal.checkpoint import CHECKPOINT_KEY
 from ssal.errors import UserError
 from ssal.grouping import Grouping, check_class_names, groupings_from_spec
 from ssal.lightning_adapter import attached_trainer
@@ -98,7 +99,7 @@ class SSALModule(L.LightningModule):
         self.entry = get_entry(model)
         self.alpha = self.entry.branches.alpha if alpha is None else float(alpha)
         self.class_names: list[str] | None = None
-        self.preprocessing: dict[str, Any] | None = None
+        self.preprocessing: Preprocessing | None = None
         self.data_config: dict[str, Any] | None = None
         self.input_size: list[int] | None = None  # of the training images, once data is set up
         self.last_metrics: dict[str, Any] = {}
@@ -246,31 +247,32 @@ class SSALModule(L.LightningModule):
         }
 
     # -------------------------------------------------------------------------- checkpoints
-    def export_info(self) -> dict[str, Any]:
-        """Everything evaluation needs, as plain values (``ssal.checkpoint.describe_model``)."""
-        return describe_model(
+    def card(self) -> ModelCard:
+        """The model's card: everything evaluation and inference need (``ssal.card``)."""
+        return ModelCard.of(
             self.net,
             self.hparams.model,
             self.hparams.num_classes,
-            self.branch_weights,
-            self.alpha,
-            self.class_names,
             self.preprocessing,
-            self.data_config,
             self.input_size,
+            branch_weights=self.branch_weights,
+            alpha=self.alpha,
+            class_names=self.class_names,
+            data=self.data_config,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.export_info()
+        checkpoint[CHECKPOINT_KEY] = self.card().to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get(CHECKPOINT_KEY) or {}
-        groupings = groupings_of(info) if info.get("groupings") else []
-        if [g.assignment.tolist() for g in groupings] != [
+        if CHECKPOINT_KEY not in checkpoint:
+            return
+        card = ModelCard.from_dict(checkpoint[CHECKPOINT_KEY], "the checkpoint")
+        if [g.assignment.tolist() for g in card.groupings] != [
             g.assignment.tolist() for g in self.groupings
         ]:
-            self.set_groupings(groupings or None)
-        self.class_names = info.get("class_names")
-        self.preprocessing = info.get("preprocessing")
-        self.data_config = info.get("data")
-        self.input_size = info.get("input_size")
+            self.set_groupings(list(card.groupings) or None)
+        self.class_names = list(card.class_names) if card.class_names is not None else None
+        self.preprocessing = card.preprocessing
+        self.data_config = card.data_config()
+        self.input_size = list(card.input_size)

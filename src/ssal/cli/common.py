@@ -120,7 +120,9 @@ def track(enabled: bool = True) -> Any:
 
 def one_line(error: BaseException) -> str:
     """An error's message on one line (what ``ssal: error:`` prints)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    from ssal.files import squeeze
+
+    return squeeze(error) or type(error).__name__
 
 
 def report_bug(error: BaseException, argv: Sequence[str]) -> int:
@@ -180,14 +182,22 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
-def checkpoint_data(args: argparse.Namespace) -> tuple[Any, dict, Any]:
-    """Model, info and set-up datamodule of ``--checkpoint``, with the data options applied."""
+def checkpoint_data(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Model, card and set-up datamodule of ``--checkpoint``, with the data options applied."""
     from ssal.checkpoint import load_checkpoint
-    from ssal.data.registry import datamodule_from_config
 
-    model, info = load_checkpoint(args.checkpoint)
-    overrides = {"data_dir": args.data_dir, "eval_batch_size": getattr(args, "batch_size", None)}
-    return model, info, datamodule_from_config(info.get("data"), **overrides)
+    model, card = load_checkpoint(args.checkpoint)
+    return model, card, card_data(args)(card)
+
+
+def card_data(args: argparse.Namespace) -> Any:
+    """The rebuilder of a card's set-up datamodule with the data options (``--data-dir``,
+    ``--batch-size``) applied; cards of the same data share one."""
+    from ssal.data.registry import datamodule_rebuilder
+
+    return datamodule_rebuilder(
+        data_dir=args.data_dir, eval_batch_size=getattr(args, "batch_size", None)
+    )
 
 
 SECTION = None  # a row of ``show_table`` that ends a section (a rule in the terminal)

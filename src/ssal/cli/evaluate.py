@@ -45,20 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ssal.evaluate import evaluate_split_pair
 
-    model, info, dm = checkpoint_data(args)
+    model, card, dm = checkpoint_data(args)
     if args.tune_alpha and not model.num_branches:
         raise UserError("--tune-alpha needs a model with SSAL branches")
     if args.tune_alpha and args.alpha is not None:
         raise UserError("give --alpha or --tune-alpha, not both")
-    alpha = args.alpha if args.alpha is not None or args.tune_alpha else info["alpha"]
-    ev = evaluate_split_pair(model, dm, info["alpha"], alpha, device(args.device), track())
+    alpha = args.alpha if args.alpha is not None or args.tune_alpha else card.alpha
+    ev = evaluate_split_pair(model, dm, card.alpha, alpha, device(args.device), track())
     result = dict(ev.test)
     result.pop("confusion", None)
     result.update(
         checkpoint=str(args.checkpoint),
-        model=info["model"],
-        epoch=info["epoch"],
-        alpha_source="checkpoint" if alpha is info["alpha"] else ev.alpha_source,
+        model=card.model,
+        epoch=card.epoch,
+        alpha_source="checkpoint" if alpha is card.alpha else ev.alpha_source,
         alpha_tuned_on_heldout=bool(args.tune_alpha and model.num_branches),
     )
     if ev.heldout is not None:

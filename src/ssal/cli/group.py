@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.labels:
         groupings = _label_files(args.labels, expected)
     elif args.checkpoint:
-        model, info, dm = checkpoint_data(args)
+        model, card, dm = checkpoint_data(args)
         groupings, confusion = groupings_from_model(
             model,
             dm,
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             device(args.device),
             track(),
         )
-        names = names or info.get("class_names")
+        names = names or card.class_names
         if args.save_confusion:
             np.save(args.save_confusion, confusion)
     else:

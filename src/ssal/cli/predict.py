@@ -63,20 +63,20 @@ def run(args: argparse.Namespace) -> int:
     files = find_images(args.inputs)
     if not files:
         raise UserError(f"no image files in {' '.join(args.inputs)}")
-    model, info = load_model(args.checkpoint)
+    model, card = load_model(args.checkpoint)
     model = model.to(device(args.device))
-    alpha = float(info["alpha"] if args.alpha is None else args.alpha)
+    alpha = float(card.alpha if args.alpha is None else args.alpha)
     head = {
         "checkpoint": str(args.checkpoint),
-        "model": info["model"],
+        "model": card.model,
         "alpha": alpha,
-        "groupings": [g.name for g in info["groupings"]],
+        "groupings": [g.name for g in card.groupings],
     }
     skipped: list[str] = []
-    records = list(_predict(model, info, files, alpha, args, skipped)) if not out else None
+    records = list(_predict(model, card, files, alpha, args, skipped)) if not out else None
     if out is not None:
         kept: list[dict[str, Any]] = []
-        stream = _predict(model, info, files, alpha, args, skipped)
+        stream = _predict(model, card, files, alpha, args, skipped)
         count = _write(out, head, (kept.append(r) or r for r in stream) if args.json else stream)
         records = kept
         if not count:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(
-    model: Any, info: dict, files: list[Path], alpha: float, args: argparse.Namespace, skipped: list
+    model: Any, card: Any, files: list[Path], alpha: float, args: argparse.Namespace, skipped: list
 ) -> Iterator[dict[str, Any]]:
     """Records one by one, with a progress bar on stderr; unreadable files warned and skipped
     (or, with ``--strict``, an error)."""
@@ -111,7 +111,7 @@ def _predict(
         skipped.append(str(path))
         warn(f"skipped {reason}")
 
-    batches = iter_predictions(model, info, files, alpha, args.top_k, args.batch_size, skip)
+    batches = iter_predictions(model, card, files, alpha, args.top_k, args.batch_size, skip)
     if args.quiet or not console(stderr=True).is_terminal:
         for batch in batches:
             yield from batch

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from ssal.cli.common import add_data_args, device, pct, say, show_table, track, warn
+from ssal.cli.common import add_data_args, card_data, device, pct, say, show_table, track, warn
 from ssal.errors import UserError
 from ssal.files import write_json
 
@@ -40,19 +41,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate run folders (or read a study) and write one HTML report; print the numbers."""
-    from ssal.report import find_study, write_report
+    from ssal.evaluate import evaluate_runs
+    from ssal.report import find_study, save_report
 
     if any(find_study(p) for p in args.runs):
         return _study(args)
-    path, data = write_report(
+    results = evaluate_runs(
         args.runs,
-        args.out,
-        data_dir=args.data_dir,
+        card_data(args),
         device=device(args.device),
-        batch_size=args.batch_size,
         alpha=args.alpha,
         track=track(not args.quiet),
     )
+    first = Path(args.runs[0])
+    default = (first if first.is_dir() else first.parent) / "report.html"
+    path, data = save_report(results, Path(args.out) if args.out else default)
     if args.json:
         write_json(args.json, data)
     for r in data["runs"]:

@@ -17,7 +17,8 @@ import lightning
 import torch
 from torch.utils.data import DataLoader
 
-from ssal.data.transforms import eval_preprocessing, normalize
+from ssal.card import Preprocessing
+from ssal.data.transforms import normalize
 
 __all__ = ["SSALDataModule"]
 
@@ -73,9 +74,9 @@ class SSALDataModule(lightning.LightningDataModule):
         mean, std = self._stats[images.device]
         return normalize(images, mean, std)
 
-    def preprocessing(self) -> dict[str, Any]:
-        """How evaluation images become the model's input, as data (see ``eval_preprocessing``)."""
-        return eval_preprocessing(self.mean, self.std, self.eval_crop_size)
+    def preprocessing(self) -> Preprocessing:
+        """How evaluation images become the model's input (``Preprocessing.for_eval``)."""
+        return Preprocessing.for_eval(self.mean, self.std, self.eval_crop_size)
 
     def describe(self) -> dict[str, Any]:
         """Class path and arguments, enough to rebuild this datamodule (``from_config``)."""

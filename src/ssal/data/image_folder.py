@@ -18,7 +18,6 @@ from ssal.data.transforms import (
     IMAGENET_STD,
     folder_transforms,
     random_resized_crop_box,
-    resize_for_model,
 )
 from ssal.errors import UserError
 
@@ -234,7 +233,7 @@ class ImageFolderDataModule(SSALDataModule):
                 if torch.rand((), generator=g) < 0.5:
                     img = F.horizontal_flip(img)
             else:
-                img = resize_for_model(img, (self.image_size, self.image_size), prep)
+                img = prep.resize_image(img, size)
             out.append(img)
         return torch.stack(out)
 

@@ -1,13 +1,19 @@
-"""Rebuilding a datamodule from the description a checkpoint records (``describe()``)."""
+"""Rebuilding the datamodule a model card records (``ModelCard.data``: the datamodule's
+``describe()``)."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ssal.errors import UserError
 
-__all__ = ["DATAMODULES", "datamodule_from_config"]
+if TYPE_CHECKING:
+    from ssal.card import ModelCard
+
+__all__ = ["DATAMODULES", "datamodule_from_config", "datamodule_rebuilder"]
 
 # public class path -> (module, class); only ssal's own datamodules are rebuilt
 DATAMODULES = {
@@ -17,7 +23,7 @@ DATAMODULES = {
 }
 
 
-def datamodule_from_config(data: dict[str, Any] | None, **overrides: Any) -> Any:
+def datamodule_from_config(data: Mapping[str, Any] | None, **overrides: Any) -> Any:
     """Instantiate and set up (``"test"``) the datamodule a checkpoint names, with overrides
     (``None`` values leave the recorded ones)."""
     if not data:
@@ -32,3 +38,19 @@ def datamodule_from_config(data: dict[str, Any] | None, **overrides: Any) -> Any
     dm = cls(**kwargs)
     dm.setup("test")
     return dm
+
+
+def datamodule_rebuilder(**overrides: Any) -> Callable[[ModelCard], Any]:
+    """A function from a card to its set-up datamodule (``datamodule_from_config`` with
+    ``overrides``), building each recorded datamodule once: runs trained on the same data
+    (a baseline and its SSAL model) share it."""
+    built: dict[str, Any] = {}
+
+    def rebuild(card: ModelCard) -> Any:
+        data = card.data_config()
+        key = json.dumps(data, sort_keys=True)
+        if key not in built:
+            built[key] = datamodule_from_config(data, **overrides)
+        return built[key]
+
+    return rebuild

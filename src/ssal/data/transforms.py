@@ -22,7 +22,6 @@ __all__ = [
     "PAD_MODES",
     "SHIFT_DRAWS",
     "check_shift_options",
-    "eval_preprocessing",
     "eval_resize",
     "folder_transforms",
     "normalize",
@@ -193,29 +192,17 @@ def eval_resize(size: int) -> int:
     return int(size / EVAL_CROP_FRACTION)
 
 
-def eval_preprocessing(
-    mean: Sequence[float], std: Sequence[float], crop_size: int | None = None
-) -> dict[str, Any]:
-    """How an image becomes a model's input, as data (stored in checkpoints): normalisation
-    and, for image folders (``crop_size``), the evaluation resize and centre crop; without
-    ``crop_size`` images are resized to the model's input size."""
-    return {
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "resize": eval_resize(crop_size) if crop_size else None,
-        "crop": [crop_size, crop_size] if crop_size else None,
-    }
-
-
-def resize_for_model(img: Any, size: tuple[int, int], preprocessing: dict | None = None) -> Any:
-    """Resize (and crop) a PIL image or ``(C, H, W)`` tensor as ``preprocessing`` says
-    (``eval_preprocessing``); the result is ``size = (H, W)``."""
+def resize_for_model(
+    img: Any, size: tuple[int, int], resize: int | None = None, crop: Sequence[int] | None = None
+) -> Any:
+    """Resize a PIL image or ``(C, H, W)`` tensor for a model of input ``size = (H, W)``: its
+    short side to ``resize`` and a centre ``crop`` (default ``size``), or, without ``resize``,
+    straight to ``size`` (``ssal.card.Preprocessing``)."""
     from torchvision.transforms.v2 import functional as F
 
-    prep = preprocessing or {}
-    if prep.get("resize"):
-        img = F.resize(img, [int(prep["resize"])], antialias=True)
-        return F.center_crop(img, [int(s) for s in (prep.get("crop") or size)])
+    if resize:
+        img = F.resize(img, [int(resize)], antialias=True)
+        return F.center_crop(img, [int(s) for s in (crop or size)])
     return F.resize(img, [int(size[0]), int(size[1])], antialias=True)
 
 

@@ -1,9 +1,9 @@
 """``ssal report RUN_DIR ...``: one self-contained HTML page that shows what trained models
 learned.
 
-For each run folder (``ssal demo`` or ``ssal fit`` output) the report evaluates the checkpoint
-on the held-out split (SSAL runs: accuracy against alpha, and alpha is chosen there, never on
-the test set) and on the test split, then shows: training curves from ``metrics.csv``, the
+For each run evaluated by ``ssal.evaluate.evaluate_runs`` (on the held-out split: SSAL runs'
+accuracy against alpha, and alpha is chosen there, never on the test set; and on the test
+split) the report renders what it is given: training curves from ``metrics.csv``, the
 confusion matrix ordered by groups, the groupings as lists of class names, accuracy against
 alpha, the paper's set-aside analysis, the pairwise table of heads, risk-coverage curves with
 their AURC, hierarchy-aware metrics (coarse accuracy, mistake severity) and, for two runs, the
@@ -14,23 +14,17 @@ plotted number is also embedded as JSON in ``<script type="application/json" id=
 from __future__ import annotations
 
 import html
-import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ssal import analysis
-from ssal.checkpoint import load_checkpoint
 from ssal.errors import UserError
-from ssal.evaluate import Track, evaluate_split_pair
+from ssal.evaluate import RunResult
 from ssal.files import write_text
 from ssal.grouping import CIFAR100_CLASSES, Grouping, cifar100_superclasses
-from ssal.model import SSALOutput
-from ssal.predict import structured_predict
 from ssal.report.figures import (
     plot_alpha,
     plot_class_change,
@@ -39,116 +33,15 @@ from ssal.report.figures import (
     plot_training_curves,
 )
 from ssal.report.pages import fmt_num, fmt_pct, html_page, html_table, img_tag, side_by_side
-from ssal.runs import RunSource, find_runs, read_metrics_csv
 
 __all__ = [
-    "RunResult",
     "analyse_run",
     "build_report",
-    "evaluate_run",
-    "evaluate_runs",
     "hierarchy_levels",
     "save_report",
-    "write_report",
 ]
 
 MAX_CURVE_POINTS = 400  # risk-coverage points kept for plots and the embedded data
-_PER_IMAGE = ("fine_class", "fine_prob", "branch_group", "joint_class")
-
-
-class _PerImage:
-    """Collects, batch by batch, the per-image answers the analysis needs (never logits)."""
-
-    def __init__(self, groups: Sequence[torch.Tensor], alpha: float) -> None:
-        self.groups, self.alpha = groups, alpha
-        self.parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*_PER_IMAGE, "labels")}
-
-    def __call__(self, out: SSALOutput, labels: torch.Tensor) -> None:
-        groups = [g.to(labels.device) for g in self.groups]
-        s = structured_predict(out.logits, out.branch_logits, groups, self.alpha)
-        for key in _PER_IMAGE:
-            self.parts[key].append(getattr(s, key).cpu())
-        self.parts["labels"].append(labels.cpu())
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: torch.cat(v).numpy() for k, v in self.parts.items()}
-
-
-@dataclass
-class RunResult:
-    """A run evaluated for the report: its info, figures, per-image outputs and log."""
-
-    source: RunSource
-    info: dict[str, Any]
-    test: dict[str, Any]
-    outputs: dict[str, np.ndarray]
-    heldout: dict[str, Any] | None = None
-    alpha: float = 0.0
-    alpha_source: str = "checkpoint"
-    log: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def groupings(self) -> list[Grouping]:
-        return list(self.info.get("groupings") or [])
-
-    @property
-    def class_names(self) -> list[str]:
-        names = self.info.get("class_names")
-        return list(names) if names else [str(c) for c in range(self.info["num_classes"])]
-
-
-def evaluate_run(
-    source: RunSource,
-    data_dir: str | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    alpha: float | None = None,
-    datamodule: Any | None = None,
-    heldout: Mapping[str, Any] | None = None,
-    track: Track | None = None,
-    cache: dict[str, Any] | None = None,
-) -> RunResult:
-    """Evaluate one run's checkpoint for the report (held-out split first, then test split).
-
-    SSAL runs: the held-out split gives accuracy against alpha and, unless ``alpha`` is given,
-    the alpha used on the test split (``heldout`` may pass figures already computed there).
-    ``datamodule``: use this set-up datamodule instead of rebuilding the checkpoint's;
-    ``cache`` shares rebuilt datamodules between runs trained on the same data.
-    """
-    from ssal.data.registry import datamodule_from_config
-
-    model, info = load_checkpoint(source.checkpoint)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dm = datamodule
-    if dm is None:
-        overrides = {"data_dir": data_dir, "eval_batch_size": batch_size}
-        key = json.dumps([info.get("data"), overrides], sort_keys=True, default=str)
-        cache = {} if cache is None else cache
-        if key not in cache:
-            cache[key] = datamodule_from_config(info.get("data"), **overrides)
-        dm = cache[key]
-    collectors: list[_PerImage] = []
-
-    def per_image(chosen: float) -> Callable[[SSALOutput, torch.Tensor], None]:
-        collectors.append(_PerImage(model.group_indices, chosen))
-        return collectors[-1]
-
-    ev = evaluate_split_pair(
-        model, dm, float(info["alpha"]), alpha, dev, track, per_image, heldout, source.name
-    )
-    log = read_metrics_csv(source.metrics_csv) if source.metrics_csv else {}
-    return RunResult(
-        source,
-        info,
-        ev.test,
-        collectors[-1].arrays(),
-        ev.heldout,
-        ev.alpha,
-        ev.alpha_source,
-        log,
-        ev.warnings,
-    )
 
 
 def hierarchy_levels(results: Sequence[RunResult]) -> list[Grouping]:
@@ -166,7 +59,7 @@ def hierarchy_levels(results: Sequence[RunResult]) -> list[Grouping]:
         sc = cifar100_superclasses()
         if all(not np.array_equal(sc.assignment, g.assignment) for g in levels):
             levels.append(sc)
-    c = results[0].info["num_classes"] if results else 0
+    c = results[0].card.num_classes if results else 0
     return sorted((g for g in levels if g.num_classes == c), key=lambda g: g.num_groups)
 
 
@@ -174,7 +67,7 @@ def analyse_run(result: RunResult, levels: Sequence[Grouping]) -> dict[str, Any]
     """The paper's analysis and the hierarchy-aware metrics of one evaluated run."""
     o = result.outputs
     groupings = result.groupings
-    n_classes = result.info["num_classes"]
+    n_classes = result.card.num_classes
     correct = analysis.head_correctness(o["fine_class"], o["branch_group"], o["labels"], groupings)
     disagree = analysis.disagreements(o["fine_class"], o["branch_group"], groupings)
     by_conf = analysis.risk_coverage_by_confidence(correct[0], o["fine_prob"])
@@ -217,8 +110,8 @@ def _summary_rows(
     def add(label: str, values: Iterable[str]) -> None:
         rows.append([label, *values])
 
-    add("model", (str(r.info["model"]) for r in results))
-    add("epochs trained", (str((r.info.get("epoch") or 0) + 1) for r in results))
+    add("model", (r.card.model for r in results))
+    add("epochs trained", (str((r.card.epoch or 0) + 1) for r in results))
     add("test images", (str(r.test["num_samples"]) for r in results))
     add("fine head (+TR)", (fmt_pct(r.test["fine_accuracy"]) for r in results))
     add(
@@ -349,8 +242,8 @@ def _run_entry(r: RunResult, a: Mapping[str, Any], curves: Mapping[str, Any]) ->
         "name": r.source.name,
         "checkpoint": r.source.checkpoint,
         "metrics_csv": r.source.metrics_csv,
-        "model": r.info["model"],
-        "epoch": r.info.get("epoch"),
+        "model": r.card.model,
+        "epoch": r.card.epoch,
         "alpha": r.alpha,
         "alpha_source": r.alpha_source,
         "groupings": r.groupings,
@@ -443,11 +336,11 @@ def build_report(
     """The HTML page for evaluated runs, and the data it plots (also embedded in the page)."""
     if not results:
         raise UserError("no runs to report")
-    if len({r.info["num_classes"] for r in results}) > 1:
+    if len({r.card.num_classes for r in results}) > 1:
         raise UserError("the runs have different numbers of classes; report them separately")
     levels = hierarchy_levels(results)
     analyses = [analyse_run(r, levels) for r in results]
-    order = analysis.group_order(levels, results[0].info["num_classes"])
+    order = analysis.group_order(levels, results[0].card.num_classes)
     names = [r.source.name for r in results]
     data: dict[str, Any] = {"title": title, "class_order": order, "runs": []}
     sections = [
@@ -492,7 +385,7 @@ def build_report(
     sections.append(_confusion_section(results, analyses, order, levels))
     sections.append("<h2>Groupings</h2>" + _groupings_html(results, levels))
     run_list = "".join(
-        f"<li><b>{html.escape(r.source.name)}</b>: {html.escape(str(r.info['model']))}, "
+        f"<li><b>{html.escape(r.source.name)}</b>: {html.escape(r.card.model)}, "
         f"checkpoint <code>{html.escape(str(r.source.checkpoint))}</code></li>"
         for r in results
     )
@@ -523,50 +416,9 @@ def _confusion_section(
     )
 
 
-def evaluate_runs(
-    paths: Sequence[str | Path],
-    data_dir: str | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    alpha: float | None = None,
-    datamodule: Any | None = None,
-    heldout: Mapping[str, Mapping[str, Any] | None] | None = None,
-    track: Track | None = None,
-) -> list[RunResult]:
-    """Evaluate the runs in ``paths`` (folders or checkpoints) as ``evaluate_run`` does, the
-    rebuilt datamodules shared; ``heldout`` maps run names to figures already computed on
-    the held-out split."""
-    cache: dict[str, Any] = {}
-    return [
-        evaluate_run(
-            s,
-            data_dir,
-            device,
-            batch_size,
-            alpha,
-            datamodule,
-            (heldout or {}).get(s.name),
-            track,
-            cache,
-        )
-        for s in find_runs(paths)
-    ]
-
-
 def save_report(results: Sequence[RunResult], target: str | Path) -> tuple[Path, dict[str, Any]]:
     """Write the report of evaluated runs to ``target``; returns its path and the plotted
     data."""
     title = "ssal report: " + " vs ".join(r.source.name for r in results)
     page, data = build_report(results, title)
     return write_text(Path(target), page), data
-
-
-def write_report(
-    paths: Sequence[str | Path], out: str | Path | None = None, **options: Any
-) -> tuple[Path, dict[str, Any]]:
-    """Evaluate the runs in ``paths`` (``options``: those of ``evaluate_runs``) and write the
-    report (default ``report.html`` in the first); returns its path and the plotted data."""
-    results = evaluate_runs(paths, **options)
-    first = Path(paths[0])
-    target = Path(out) if out else (first if first.is_dir() else first.parent) / "report.html"
-    return save_report(results, target)
