@@ -249,7 +249,7 @@ def test_config_trains_with_the_authors_label_files(tmp_path, monkeypatch):
         tmp_path / "data",
         trainer={"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1},
         data={"batch_size": 16, "eval_batch_size": 8, "heldout": 0},
-        model={"groupings": files},
+        model={"groupings": {"source": files}},
     )
     assert main(["fit", "--config", str(config)]) == 0
     [ckpt] = (tmp_path / "runs").rglob("last.ckpt")

@@ -52,7 +52,7 @@ def project(tmp_path_factory) -> Path:
     write_tiny_config(
         root / "tiny.yaml",
         root / "data",
-        model={"groupings": "auto", "probe_epochs": 1, "auto_groups": [20, 33]},
+        model={"groupings": {"source": "auto", "probe_epochs": 1, "auto_groups": [20, 33]}},
     )
     return root
 

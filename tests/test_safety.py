@@ -26,7 +26,7 @@ def trained(tmp_path_factory) -> dict:
         tmp / "c.yaml",
         tmp / "data",
         trainer={"logger": logger},
-        model={"groupings": "cifar100-superclasses"},
+        model={"groupings": {"source": "cifar100-superclasses"}},
     )
     assert main(["fit", "--config", str(config)]) == 0
     run = tmp / "runs/ssal/version_0"

@@ -24,18 +24,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ssal.callbacks import (
-    NOTE,
-    AutoGroupings,
-    LastAndBestCheckpoint,
-    NonFiniteLossGuard,
-    RunReport,
-    log_interval,
-    use_loss_progress_bar,
-)
+from ssal.args import flat_keys, renamed_key
+from ssal.callbacks import NOTE, LastAndBestCheckpoint, RunReport
 from ssal.checkpoint import CHECKPOINT_KEY, groupings_of, read_checkpoint
+from ssal.grouping import load_groupings
 from ssal.runs import latest_checkpoint
 from ssal.train import SSALModule
+from ssal.trainer import AUTO_GROUPINGS_ENV, SSALTrainer, derive_groupings
 
 log = logging.getLogger("ssal")
 
@@ -110,11 +105,6 @@ class SSALCLI(LightningCLI):
                 raise
             raise ConfigError(f"data.init_args: {plain_validation_error(str(e))}") from None
 
-    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        use_loss_progress_bar(trainer)
-        return trainer
-
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         trainer = cfg.trainer
@@ -124,7 +114,7 @@ class SSALCLI(LightningCLI):
             trainer.benchmark = None  # cuDNN's timed kernel choice is not deterministic
         _runs_under_root_dir(trainer)
         if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            _resolve_last(cfg)
+            _resolve_last(cfg, self._checkpoint)
 
     def _add_tensorboard(self) -> None:
         """Log to TensorBoard too, inside the CSV logger's run folder (one folder per run)."""
@@ -138,13 +128,27 @@ class SSALCLI(LightningCLI):
             return
         self.trainer.loggers = [*loggers, tb]
 
+    def _checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """The checkpoint at ``path``, read once (``read_checkpoint``: one line for a missing,
+        corrupt or foreign file) for everything the CLI needs of it before Lightning loads it."""
+        cache = self.__dict__.setdefault("_checkpoints", {})
+        key = str(Path(path).resolve())
+        if key not in cache:
+            cache[key] = read_checkpoint(path)
+        return cache[key]
+
     def _parse_ckpt_path(self) -> None:
-        """A missing, corrupt or foreign ``--ckpt_path`` is one line before Lightning reads it."""
-        if self.config.get("subcommand"):
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            if path and path != "last":
-                read_checkpoint(path)
-        super()._parse_ckpt_path()
+        """A resumed run takes the checkpoint's model arguments (as Lightning's CLI does), from
+        the one reading of the file."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or path == "last":
+            return
+        hparams = dict(self._checkpoint(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def _load_data(self) -> None:
         """Read the data before any run folder exists: a missing dataset leaves no trace."""
@@ -169,36 +173,49 @@ class SSALCLI(LightningCLI):
                 raise
             raise KeyboardInterrupt from None
 
-    def _batches_run(self) -> int:
-        """Training batches an epoch of this run takes: the loader's, cut by
-        ``limit_train_batches`` and ``max_steps``."""
-        trainer = self.trainer
-        batches = len(self.datamodule.train_dataloader())
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int):
-            batches = min(batches, limit)
-        elif limit is not None and limit < 1:
-            batches = max(1, int(batches * limit))
-        return min(batches, trainer.max_steps) if trainer.max_steps > 0 else batches
-
     def before_fit(self) -> None:
-        trainer, module = self.trainer, self.model
+        trainer = self.trainer
         self._load_data()
-        trainer.log_every_n_steps = log_interval(trainer.log_every_n_steps, self._batches_run())
         self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
-        trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
         trainer.callbacks.append(RunReport())
+        if self.model.awaits_groupings:
+            self._auto_groupings()
+
+    def _auto_groupings(self) -> None:
+        """``groupings: auto`` before the SSAL model's ``fit``: a resumed run's from its
+        checkpoint, a process that Lightning's launcher started takes the launching one's,
+        otherwise the probe runs here (once, before the launcher starts other processes)."""
+        trainer, module = self.trainer, self.model
         ckpt_path = self.config["fit"].get("ckpt_path")
-        if ckpt_path and module.awaits_groupings:  # a resumed auto run keeps its groupings
-            info = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]
-            module.set_groupings(groupings_of(info) or None)
-        elif trainer.world_size > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            # Lightning's launcher starts the other processes after this: derive here, once
-            AutoGroupings.derive_before_launch(trainer, module, self.datamodule)
+        shared = os.environ.get(AUTO_GROUPINGS_ENV)
+        if ckpt_path:
+            module.set_groupings(groupings_of(self._checkpoint(ckpt_path)[CHECKPOINT_KEY]) or None)
+        elif shared:
+            module.set_groupings(load_groupings(shared, num_classes=module.num_classes)[0])
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(
+                "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
+                "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
+                "first and pass --model.groupings.source FILE"
+            )
+        else:
+            device = trainer.strategy.root_device
+            path = derive_groupings(
+                module,
+                self.datamodule,
+                Path(trainer.log_dir or trainer.default_root_dir) / "groupings.json",
+                accelerator=device.type,
+                devices=[device.index or 0] if device.type == "cuda" else 1,
+                precision=trainer.precision,
+                limit_train_batches=trainer.limit_train_batches,
+                progress=trainer.progress_bar_callback is not None,
+            )
+            if trainer.world_size > 1:  # the processes the launcher starts inherit it
+                os.environ[AUTO_GROUPINGS_ENV] = str(path.resolve())
 
 
-def _resolve_last(cfg: Any) -> None:
+def _resolve_last(cfg: Any, read: Any = read_checkpoint) -> None:
     """``--ckpt_path last``: resume the newest run of this logger's folder, in that folder.
 
     Lightning's own ``last`` looks only in a new run's (empty) folder; here the newest
@@ -213,7 +230,7 @@ def _resolve_last(cfg: Any) -> None:
     args = logger.init_args
     root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
     version, path = latest_checkpoint(root)
-    ckpt = read_checkpoint(path)
+    ckpt = read(path)
     args.version = version
     if "ResumableCSVLogger" in str(logger.get("class_path")):
         args.resume_step = int(ckpt.get("global_step", 0))
@@ -301,11 +318,12 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
 
     for path in config_files(argv):
         check_config(path)
-    inherited = AutoGroupings.ENV in os.environ
+    inherited = AUTO_GROUPINGS_ENV in os.environ
     try:
         SSALCLI(
             SSALModule,
             L.LightningDataModule,
+            trainer_class=SSALTrainer,
             subclass_mode_data=True,
             args=list(argv),
             save_config_kwargs={"overwrite": True},
@@ -321,7 +339,7 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         raise
     finally:
         if not inherited:  # a later run in this process derives its own groupings
-            os.environ.pop(AutoGroupings.ENV, None)
+            os.environ.pop(AUTO_GROUPINGS_ENV, None)
     return 0
 
 
@@ -342,7 +360,7 @@ def known_keys() -> list[str]:
     from ssal.data.registry import DATAMODULES
 
     keys = ["seed_everything", "ckpt_path", "config", "trainer", "model", "data", "checkpoint"]
-    keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.")
+    keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.") + flat_keys()
     keys += _keys_of(LastAndBestCheckpoint, "checkpoint.")
     for module, name in DATAMODULES.values():
         cls = getattr(importlib.import_module(module), name)
@@ -384,6 +402,9 @@ def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
     what to do."""
     command = argv[0] if argv else "fit"
     key = _unknown_key(message)
+    if key and renamed_key(key):
+        where = _source(key, argv)
+        return ConfigError(f"{key} is now {renamed_key(key)} ({where})", True)
     if key:
         where = _source(key, argv)
         return ConfigError(
@@ -395,6 +416,8 @@ def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
         if key == "config":
             text = " ".join(detail.split())
             return ConfigError(text.replace("File does not exist", "config file not found"))
+        if renamed_key(key) and "Unable to load config" in detail:  # a value, not a group
+            return ConfigError(f"{key} is now {renamed_key(key)} ({_source(key, argv)})", True)
         return ConfigError(f"{key} {_source(key, argv)}: {plain_validation_error(detail)}", True)
     return ConfigError(plain_validation_error(message))
 

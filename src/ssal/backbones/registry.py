@@ -261,7 +261,7 @@ def create_model(
     if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
         if entry.pretrained_build is None:
             raise ValueError(
-                f"{name} has no published weights; give a file: --model.pretrained PATH"
+                f"{name} has no published weights; give a file: --model.network.pretrained PATH"
             )
         backbone = entry.pretrained_build(num_classes=num_classes, in_channels=c_in)
     else:
