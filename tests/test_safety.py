@@ -85,11 +85,11 @@ def test_corrupt_and_foreign_files(trained, tmp_path, capsys):
 
 def test_unknown_model_and_mismatched_groupings(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "--config", str(trained["config"]), "--model.model", "resnet-9000"])
+    code = main(["fit", "--config", str(trained["config"]), "--model.network.name", "resnet-9000"])
     one_line_error(capsys, code, "unknown model 'resnet-9000'")
     g = tmp_path / "g.json"
     g.write_text(json.dumps({"num_classes": 10, "groupings": [{"assignment": [0, 1] * 5}]}))
-    code = main(["fit", "--config", str(trained["config"]), "--model.groupings", str(g)])
+    code = main(["fit", "--config", str(trained["config"]), "--model.groupings.source", str(g)])
     one_line_error(capsys, code, "written for 10 classes but the model has 100")
 
 
