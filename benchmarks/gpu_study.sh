@@ -64,9 +64,9 @@ if [ "$DEVICE" = cuda ]; then
   mapfile -t LAYOUTS < <(layouts)
 else  # DEVICE=cpu: tiny everything, to try the whole path here
   LAYOUTS=("cbr(8,3,2) inception(0.1,8) gap" "cbr(8,3) gap dense(16)" "inception(0.1,8) gap")
-  EXTRA=(--trainer.accelerator=cpu --trainer.precision=32-true --model.model=wrn-10-1
-         --data.init_args.train_size=600 --data.init_args.batch_size=64 --model.probe_epochs=1
-         "--model.layouts=[\"${LAYOUTS[0]}\", \"${LAYOUTS[1]}\", \"${LAYOUTS[2]}\"]")
+  EXTRA=(--trainer.accelerator=cpu --trainer.precision=32-true --model.network.name=wrn-10-1
+         --data.init_args.train_size=600 --data.init_args.batch_size=64 --model.groupings.probe_epochs=1
+         "--model.network.layouts=[\"${LAYOUTS[0]}\", \"${LAYOUTS[1]}\", \"${LAYOUTS[2]}\"]")
   SIZING=(--model wrn-10-1 --batch-size 64 --device cpu --steps 2 --warmup 1)
   BOUNDS="1 1"
 fi

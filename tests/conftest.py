@@ -56,7 +56,8 @@ def write_tiny_config(
     model: dict | None = None,
 ) -> Path:
     """A 2-epoch CPU ``ssal fit`` config of tiny-wrn on (fake) CIFAR-100 files in ``data_dir``;
-    ``trainer``, ``data`` (init_args) and ``model`` entries add to or replace the defaults."""
+    ``trainer``, ``data`` (init_args) and ``model`` entries (``{"optim": {"lr": 0.1}}``: by
+    group) add to or replace the defaults."""
     import yaml
 
     init = {"dataset": "cifar100", "batch_size": 32, "heldout": 0.2, **(data or {})}
@@ -72,8 +73,11 @@ def write_tiny_config(
             **(trainer or {}),
         },
         "data": {"class_path": "ssal.data.InMemoryDataModule", "init_args": init},
-        "model": {"model": "tiny-wrn", "lr": 0.05, "warmup_epochs": 1, **(model or {})},
+        "model": {"network": {"name": "tiny-wrn"}, "optim": {"lr": 0.05, "warmup_epochs": 1}},
     }
+    for key, value in (model or {}).items():  # a group's entries add to its defaults
+        merged = {**config["model"].get(key, {}), **value} if isinstance(value, dict) else value
+        config["model"][key] = merged
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

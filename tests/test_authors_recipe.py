@@ -51,8 +51,9 @@ def build_module(run: str, label_dir: Path) -> SSALModule:
     """The config's SSALModule, with the authors' groupings files written in ``label_dir``."""
     model = dict(config(run)["model"])
     classes = 1000 if run.startswith("imagenet") else 100
-    if model["groupings"]:
-        model["groupings"] = label_files(label_dir, model["groupings"], classes)
+    if model["groupings"]["source"]:
+        files = label_files(label_dir, model["groupings"]["source"], classes)
+        model["groupings"] = {**model["groupings"], "source": files}
     return SSALModule(num_classes=classes, **model)
 
 
@@ -89,12 +90,13 @@ def test_config_is_the_authors_run(run):
     if run.endswith("ssal"):
         sizes = (200, 334, 500) if run.startswith("imagenet") else (20, 33, 50)
         prefix = "imagenet" if run.startswith("imagenet") else "cifar100"
-        assert model["groupings"] == [f"labels/{prefix}_{g}_group_similar_v2.txt" for g in sizes]
+        expected = [f"labels/{prefix}_{g}_group_similar_v2.txt" for g in sizes]
+        assert model["groupings"]["source"] == expected
         assert model["alpha"] == {"resnet50": 0.3, "wrn28-10": 0.4}.get(
             run.split("/")[1].split("_")[0], 0.5
         )
     else:
-        assert model["groupings"] is None
+        assert model["groupings"]["source"] is None
 
 
 # The authors' settings, written out here from keras/run_experiments.py and the ImageNet
@@ -115,14 +117,14 @@ AUTHORS = {
 @pytest.mark.parametrize("run", RUNS)
 def test_config_has_the_authors_settings(run):
     cfg = config(run)
-    model = cfg["model"]
+    optim, loss = cfg["model"]["optim"], cfg["model"].get("loss", {})
     epochs, batch, lr, momentum, nesterov, weights, smoothing = AUTHORS[run]
     assert cfg["trainer"]["max_epochs"] == epochs
     assert cfg["data"]["init_args"]["batch_size"] == batch
-    assert model["lr"] == pytest.approx(lr, rel=1e-12)
-    assert (model["momentum"], model["nesterov"]) == (momentum, nesterov)
-    assert model.get("branch_weights") == weights
-    assert model.get("label_smoothing", 0.0) == smoothing
+    assert optim["lr"] == pytest.approx(lr, rel=1e-12)
+    assert (optim["momentum"], optim["nesterov"]) == (momentum, nesterov)
+    assert loss.get("branch_weights") == weights
+    assert loss.get("label_smoothing", 0.0) == smoothing
 
 
 @pytest.mark.parametrize("run", [f"cifar100/{r}" for r in CIFAR])
@@ -396,7 +398,7 @@ def _fit_one_step(path: Path, data_dir: Path, files: list[str] | None, extra=())
         *extra,
     ]
     if files:
-        args += ["--model.groupings", "[" + ", ".join(files) + "]"]
+        args += ["--model.groupings.source", "[" + ", ".join(files) + "]"]
     return main(args)
 
 
@@ -410,13 +412,13 @@ def test_authors_config_trains_a_step_on_cpu(run, tmp_path, monkeypatch):
     files = None
     if run.startswith("cifar100"):
         write_cifar100(tmp_path / "data", n_train=64, n_test=8)
-        if cfg["model"]["groupings"]:
-            files = label_files(tmp_path, cfg["model"]["groupings"], 100)
+        if cfg["model"]["groupings"]["source"]:
+            files = label_files(tmp_path, cfg["model"]["groupings"]["source"], 100)
         extra = ()
     else:
         write_image_folder(tmp_path / "data")
-        if cfg["model"]["groupings"]:
-            files = label_files(tmp_path, cfg["model"]["groupings"], 2, groups=2)
+        if cfg["model"]["groupings"]["source"]:
+            files = label_files(tmp_path, cfg["model"]["groupings"]["source"], 2, groups=2)
         extra = ("--data.init_args.num_workers", "0")
     dataset, name = run.split("/")
     path = CONFIGS / dataset / "authors" / f"{name}.yaml"

@@ -208,12 +208,14 @@ def test_bench_on_an_image_folder_with_layouts(tmp_path):
 
 
 def test_compile_mode_is_checked():
+    from ssal.args import SpeedArgs
     from ssal.train import SSALModule
 
     with pytest.raises(ValueError, match="compile_mode must be one of"):
-        SSALModule("tiny-wrn", 10, compile_mode="fastest")
-    m = SSALModule("tiny-wrn", 10, compile=True, compile_mode="max-autotune-no-cudagraphs")
-    assert m.hparams.compile_mode == "max-autotune-no-cudagraphs"
+        SSALModule({"name": "tiny-wrn"}, 10, speed=SpeedArgs(compile_mode="fastest"))
+    speed = SpeedArgs(True, "max-autotune-no-cudagraphs")
+    m = SSALModule({"name": "tiny-wrn"}, 10, speed=speed)
+    assert m.hparams["speed"]["compile_mode"] == "max-autotune-no-cudagraphs"
 
 
 def test_compile_mode_needs_compile(capsys):

@@ -77,18 +77,20 @@ def test_cifar100_config_values_match_paper(name):
     assert d["init_args"]["max_shift"] == 5 and d["init_args"]["flip"] is True
     expected_norm = "unit" if name.startswith("resnet50") else "channel"
     assert d["init_args"]["normalization"] == expected_norm
-    assert m["model"] == name.rsplit("_", 1)[0]
-    assert m["lr"] == p["lr"] and m["momentum"] == p["momentum"] and m["nesterov"] == p["nesterov"]
-    assert m["weight_decay"] == pytest.approx(2 * p["wd"])
-    assert m["warmup_epochs"] == 10 and m["schedule_interval"] == "epoch"
+    o, loss, g = m["optim"], m.get("loss", {}), m["groupings"]
+    assert m["network"]["name"] == name.rsplit("_", 1)[0]
+    assert o["lr"] == p["lr"] and o["momentum"] == p["momentum"] and o["nesterov"] == p["nesterov"]
+    assert o["weight_decay"] == pytest.approx(2 * p["wd"])
+    assert o["warmup_epochs"] == 10 and o["schedule_interval"] == "epoch"
     if "smoothing" in p:
-        assert m["label_smoothing"] == p["smoothing"] and m["smoothing_convention"] == "paper"
+        assert loss["label_smoothing"] == p["smoothing"]
+        assert loss["smoothing_convention"] == "paper"
     if name.endswith("ssal"):
-        assert m["branch_weight_decay"] == pytest.approx(2 * p["aux_wd"])
-        assert m["branch_weights"] == p["weights"] and m["alpha"] == p["alpha"]
-        assert m["auto_groups"] == [20, 33, 50] and m["auto_mode"] == "similar"
+        assert o["branch_weight_decay"] == pytest.approx(2 * p["aux_wd"])
+        assert loss["branch_weights"] == p["weights"] and m["alpha"] == p["alpha"]
+        assert g["auto_groups"] == [20, 33, 50] and g["auto_mode"] == "similar"
     else:
-        assert m["groupings"] is None
+        assert g["source"] is None
 
 
 @pytest.mark.parametrize("kind", ["baseline", "ssal"])
@@ -96,12 +98,13 @@ def test_imagenet_config_values_match_paper(kind):
     cfg = load(CONFIGS / "imagenet" / f"resnet50_{kind}.yaml")
     m, d = cfg["model"], cfg["data"]["init_args"]
     assert cfg["trainer"]["max_epochs"] == 90 and d["batch_size"] == 100
-    assert m["lr"] == pytest.approx(0.1 * 100 / 256) and m["momentum"] == 0.9
-    assert m["weight_decay"] == 1e-4 and m["warmup_epochs"] == 5
-    assert m["bn_momentum"] == pytest.approx(1 - 0.9 ** (100 / 32), abs=1e-3)
+    o = m["optim"]
+    assert o["lr"] == pytest.approx(0.1 * 100 / 256) and o["momentum"] == 0.9
+    assert o["weight_decay"] == 1e-4 and o["warmup_epochs"] == 5
+    assert m["network"]["bn_momentum"] == pytest.approx(1 - 0.9 ** (100 / 32), abs=1e-3)
     if kind == "ssal":
-        assert m["auto_groups"] == [200, 334, 500] and m["alpha"] == 0.3
-        assert m["branch_weights"] == [1.0, 1.0, 1.0]
+        assert m["groupings"]["auto_groups"] == [200, 334, 500] and m["alpha"] == 0.3
+        assert m["loss"]["branch_weights"] == [1.0, 1.0, 1.0]
 
 
 def _groupings(path: Path, classes: int, sizes) -> Path:
@@ -145,7 +148,7 @@ def _fast_run(config: Path, data_dir: Path, groupings: Path | None, extra=()) ->
         *extra,
     ]
     if groupings is not None:
-        args += ["--model.groupings", str(groupings)]
+        args += ["--model.groupings.source", str(groupings)]
     return main(args)
 
 
@@ -173,7 +176,7 @@ def test_imagenet_config_trains_a_step(kind, small_data, tmp_path, monkeypatch):
 def test_fashion_mnist_configs_parse(path):
     cfg = load(path)
     assert cfg["data"]["init_args"]["dataset"] == "fashion-mnist"
-    assert cfg["model"]["model"] in ("small-cnn", "wrn-16-4", "wrn-16-8")
+    assert cfg["model"]["network"]["name"] in ("small-cnn", "wrn-16-4", "wrn-16-8")
 
 
 def test_gpu_study_configs_differ_only_in_groupings_and_have_proportionate_branches():
@@ -188,15 +191,18 @@ def test_gpu_study_configs_differ_only_in_groupings_and_have_proportionate_branc
 
     folder = CONFIGS / "fashion-mnist" / "study-gpu"
     base, similar, split = (load(folder / f"wrn-16-8_{k}.yaml") for k in KINDS)
-    assert similar["model"]["auto_mode"] == "similar" and split["model"]["auto_mode"] == "split"
+    mode = lambda cfg: cfg["model"]["groupings"]["auto_mode"]  # noqa: E731
+    assert mode(similar) == "similar" and mode(split) == "split"
     for cfg in (base, split):
         assert cfg["trainer"] == similar["trainer"] and cfg["data"] == similar["data"]
-    keep = ("groupings", "auto_groups", "auto_mode", "probe_epochs", "alpha", "layouts")
-    strip = lambda m: {k: v for k, v in m.items() if k not in keep}  # noqa: E731
+    # all but the groupings, alpha and the branch layouts
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("groupings", "alpha", "network")}  # noqa: E731
     assert strip(base["model"]) == strip(similar["model"]) == strip(split["model"])
-    assert similar["model"]["layouts"] == split["model"]["layouts"]
+    names = {cfg["model"]["network"]["name"] for cfg in (base, similar, split)}
+    layouts = similar["model"]["network"]["layouts"]
+    assert names == {"wrn-16-8"} and layouts == split["model"]["network"]["layouts"]
     batch = similar["data"]["init_args"]["batch_size"]
-    assert similar["model"]["lr"] == pytest.approx(0.05 * batch / 128)
+    assert similar["model"]["optim"]["lr"] == pytest.approx(0.05 * batch / 128)
 
     def shares(name, classes, groups, shape, layouts=None):
         g = default_groupings(classes, groups)
@@ -208,7 +214,7 @@ def test_gpu_study_configs_differ_only_in_groupings_and_have_proportionate_branc
         return params["branches"] / params["total"], 1 - bare["forward"] / full["forward"]
 
     paper = shares("wrn28-10", 100, (20, 33, 50), (3, 32, 32))
-    ours = shares("wrn-16-8", 10, (2, 3, 5), (1, 28, 28), similar["model"]["layouts"])
+    ours = shares("wrn-16-8", 10, (2, 3, 5), (1, 28, 28), layouts)
     assert ours == pytest.approx(paper, abs=0.01)
     assert ours == pytest.approx((0.15, 0.24), abs=0.01)
 
@@ -222,13 +228,15 @@ KINDS = ("baseline", "ssal-similar", "ssal-split")
 def test_small_cnn_configs_hold_the_demos_recipe(path):
     """The demo trains with small-cnn's registry recipe and the demo's data settings; its
     configs spell out the same."""
+    from ssal.args import RENAMED_KEYS
     from ssal.backbones import get_entry
     from ssal.demo import DEMO_DATA
 
     config = load(path)
     model, data = config["model"], config["data"]["init_args"]
     for key, value in get_entry("small-cnn").recipe.items():
-        assert model[key] == value, (path.name, key)
+        _, group, field = RENAMED_KEYS[f"model.{key}"].split(".")
+        assert model[group][field] == value, (path.name, key)
     for key, value in DEMO_DATA.items():
         assert data[key] == value, (path.name, key)
 
@@ -249,7 +257,7 @@ def test_config_trains_with_the_authors_label_files(tmp_path, monkeypatch):
         tmp_path / "data",
         trainer={"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1},
         data={"batch_size": 16, "eval_batch_size": 8, "heldout": 0},
-        model={"groupings": files},
+        model={"groupings": {"source": files}},
     )
     assert main(["fit", "--config", str(config)]) == 0
     [ckpt] = (tmp_path / "runs").rglob("last.ckpt")

@@ -728,7 +728,8 @@ def test_image_folder_decoding_on_the_device(tmp_path: Path) -> None:
     # Lightning trains on it end to end
     L.seed_everything(0)
     trainer = quick_trainer(2, enable_progress_bar=False, limit_val_batches=1)
-    trainer.fit(SSALModule("tiny-wrn", 2, in_channels=3, warmup_epochs=1), dm)
+    module = SSALModule({"name": "tiny-wrn"}, 2, 3, optim={"warmup_epochs": 1})
+    trainer.fit(module, dm)
     assert trainer.global_step == 2
 
 

@@ -32,7 +32,7 @@ def test_two_process_ddp_fit_and_validate_match_single_process(tmp_path):
         tmp_path / "data",
         trainer={"devices": 2, "strategy": "ddp"},
         data={"batch_size": 16, "eval_batch_size": 8},
-        model={"groupings": "cifar100-superclasses"},
+        model={"groupings": {"source": "cifar100-superclasses"}},
     )
     run(tmp_path, "fit", "--config", str(config))
     runs = sorted((tmp_path / "runs/ssal").iterdir())

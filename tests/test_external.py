@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ssal
+from ssal.args import GroupingArgs, NetworkArgs
 from ssal.backbones import default_groupings
 from ssal.backbones.external import scale_layout, stage_positions
 from ssal.backbones.families.imagenet import IMAGENET_LAYOUTS
@@ -111,7 +112,11 @@ def test_external_backbone_from_a_config_trains_and_evaluates(name, folder, tmp_
                 "heldout": 0,
             },
         },  # fmt: skip
-        "model": {"model": name, "groupings": str(groupings), "lr": 0.01, "warmup_epochs": 1},
+        "model": {
+            "network": {"name": name},
+            "groupings": {"source": str(groupings)},
+            "optim": {"lr": 0.01, "warmup_epochs": 1},
+        },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 0
@@ -153,7 +158,8 @@ def test_pretrained_file_loads_the_backbone_and_leaves_the_branches_fresh(tmp_pa
         tmp_path / "g.json", [Grouping(np.arange(10) % 2)] + [Grouping(np.arange(10) % 5)]
     )
     torch.manual_seed(123)
-    module = SSALModule(TORCHVISION, 10, groupings=str(g), pretrained=str(tmp_path / "backbone.pt"))
+    network = NetworkArgs(TORCHVISION, pretrained=str(tmp_path / "backbone.pt"))
+    module = SSALModule(network, 10, groupings=GroupingArgs(str(g)))
     for key, value in source.state_dict().items():
         assert torch.equal(module.net.backbone.state_dict()[key], value), key
     torch.manual_seed(123)
@@ -199,7 +205,7 @@ def test_published_weights_without_network_are_one_line_naming_the_file(monkeypa
     assert f"the file must be in {file}" in str(tv.value)
     assert "Hugging Face repository timm/mobilenetv3_small_050." in str(tm.value)
     for e in (tv.value, tm.value):
-        assert "\n" not in str(e) and str(e).endswith("or give --model.pretrained PATH")
+        assert "\n" not in str(e) and str(e).endswith("or give --model.network.pretrained PATH")
 
 
 class RecordAtStart(L.Callback):
@@ -214,7 +220,7 @@ class RecordAtStart(L.Callback):
 
 @pytest.mark.slow
 def test_pretrained_file_through_ssal_fit(folder, tmp_path, capsys):
-    """The fine-tuning config with ``--model.pretrained PATH``: at step 0 the backbone holds
+    """The fine-tuning config with ``--model.network.pretrained PATH``: at step 0 the backbone holds
     the file's weights and the branches are what a fresh model's are; the backbone learns at
     a tenth of the branches' rate."""
     import yaml
@@ -227,8 +233,9 @@ def test_pretrained_file_through_ssal_fit(folder, tmp_path, capsys):
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
     config = Path(__file__).resolve().parents[1] / "configs/finetune/timm-resnet18_ssal.yaml"
     args = ["fit", "--config", str(config), "--config", str(tmp_path / "extra.yaml")]
-    args += ["--model.model", TIMM, "--model.pretrained", str(tmp_path / "backbone.pt")]
-    args += ["--model.groupings", str(g), "--trainer.max_steps", "1"]
+    args += ["--model.network.name", TIMM]
+    args += ["--model.network.pretrained", str(tmp_path / "backbone.pt")]
+    args += ["--model.groupings.source", str(g), "--trainer.max_steps", "1"]
     args += ["--trainer.accelerator", "cpu", "--data.init_args.data_dir", str(folder)]
     for key, value in (("num_workers", 0), ("batch_size", 4), ("image_size", 64)):
         args += [f"--data.init_args.{key}", str(value)]
@@ -241,7 +248,7 @@ def test_pretrained_file_through_ssal_fit(folder, tmp_path, capsys):
     fresh = ssal.create_model(TIMM, 2, [[0, 1], [1, 0]]).branches.state_dict()
     assert fresh and all(torch.equal(seen[f"branches.{k}"], v) for k, v in fresh.items())
     ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
-    assert ckpt["hyper_parameters"]["backbone_lr_factor"] == 0.1
+    assert ckpt["hyper_parameters"]["optim"]["backbone_lr_factor"] == 0.1
 
 
 @pytest.mark.slow

@@ -261,7 +261,7 @@ def test_fit_refuses_groupings_made_for_other_classes(tmp_path, capsys):
     g = Grouping(np.arange(100) % 20, name="given-20")
     path = save_groupings(tmp_path / "g.json", [g], names[::-1])
     config = write_tiny_config(
-        tmp_path / "c.yaml", tmp_path / "data", model={"groupings": str(path)}
+        tmp_path / "c.yaml", tmp_path / "data", model={"groupings": {"source": str(path)}}
     )
     assert main(["fit", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

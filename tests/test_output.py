@@ -52,7 +52,7 @@ def project(tmp_path_factory) -> Path:
     write_tiny_config(
         root / "tiny.yaml",
         root / "data",
-        model={"groupings": "auto", "probe_epochs": 1, "auto_groups": [20, 33]},
+        model={"groupings": {"source": "auto", "probe_epochs": 1, "auto_groups": [20, 33]}},
     )
     return root
 
@@ -174,7 +174,7 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(project, tmp_path):
 @pytest.mark.slow
 def test_runs_go_under_default_root_dir(project, tmp_path):
     result = ssal(
-        "fit", "--config", str(project / "tiny.yaml"), "--model.groupings", "null",
+        "fit", "--config", str(project / "tiny.yaml"), "--model.groupings.source", "null",
         "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -191,7 +191,11 @@ def test_runs_go_under_default_root_dir(project, tmp_path):
             ["--trainer.max_epochs", "abc"],
             "trainer.max_epochs on the command line: expected an integer or null, got 'abc'",
         ),
-        (["--model.lr", "x"], "model.lr on the command line: expected a number, got 'x'"),
+        (
+            ["--model.optim.lr", "x"],
+            "model.optim.lr on the command line: expected a number, got 'x'",
+        ),
+        (["--model.lr", "0.1"], "model.lr is now model.optim.lr (on the command line)"),
         (
             ["--data.init_args.batch_size", "-3"],
             "data.init_args: batch_size and eval_batch_size must be >= 1, got -3 and 512 "

@@ -27,7 +27,8 @@ def write_checkpoint(tmp_path, name, in_channels=1, size=28, branches=True, data
     if branches:
         gs = [Grouping(G2, name="split-a"), Grouping(G5, name="split-b")]
         groupings = str(save_groupings(tmp_path / f"{name}-groupings.json", gs, NAMES))
-    module = SSALModule("small-cnn", num_classes=10, in_channels=in_channels, groupings=groupings)
+    network = {"name": "small-cnn"}
+    module = SSALModule(network, 10, in_channels, groupings={"source": groupings})
     module.class_names = NAMES
     module.preprocessing = Preprocessing.for_eval([0.4] * in_channels, [0.3] * in_channels, crop)
     module.data_config = data or {

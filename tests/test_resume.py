@@ -32,7 +32,7 @@ def write_config(tmp: Path) -> Path:
             "heldout": 0.1,
             "max_shift": 2,
         },
-        model={"model": "small-cnn", "nesterov": True},
+        model={"network": {"name": "small-cnn"}, "optim": {"nesterov": True}},
     )
 
 

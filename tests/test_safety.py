@@ -26,7 +26,7 @@ def trained(tmp_path_factory) -> dict:
         tmp / "c.yaml",
         tmp / "data",
         trainer={"logger": logger},
-        model={"groupings": "cifar100-superclasses"},
+        model={"groupings": {"source": "cifar100-superclasses"}},
     )
     assert main(["fit", "--config", str(config)]) == 0
     run = tmp / "runs/ssal/version_0"
@@ -86,11 +86,11 @@ def test_corrupt_and_foreign_files(trained, tmp_path, capsys):
 
 def test_unknown_model_and_mismatched_groupings(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "--config", str(trained["config"]), "--model.model", "resnet-9000"])
+    code = main(["fit", "--config", str(trained["config"]), "--model.network.name", "resnet-9000"])
     one_line_error(capsys, code, "unknown model 'resnet-9000'")
     g = tmp_path / "g.json"
     g.write_text(json.dumps({"num_classes": 10, "groupings": [{"assignment": [0, 1] * 5}]}))
-    code = main(["fit", "--config", str(trained["config"]), "--model.groupings", str(g)])
+    code = main(["fit", "--config", str(trained["config"]), "--model.groupings.source", str(g)])
     one_line_error(capsys, code, "written for 10 classes but the model has 100")
 
 

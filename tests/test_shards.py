@@ -112,7 +112,8 @@ def test_fit_and_evaluate_from_shards(tmp_path, monkeypatch):
         "trainer: {max_epochs: 1, accelerator: cpu, enable_progress_bar: false}\n"
         "data:\n  class_path: ssal.data.ShardDataModule\n"
         f"  init_args: {{data_dir: {out}, batch_size: 16, eval_batch_size: 8, num_workers: 0}}\n"
-        "model: {model: tiny-wrn, groupings: cifar100-superclasses, warmup_epochs: 1}\n"
+        "model: {network: {name: tiny-wrn}, groupings: {source: cifar100-superclasses},"
+        " optim: {warmup_epochs: 1}}\n"
     )
     assert main(["fit", "--config", str(config)]) == 0
     ckpt = tmp_path / "runs/ssal/version_0/checkpoints/last.ckpt"

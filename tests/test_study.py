@@ -149,7 +149,9 @@ def test_study_stopped_by_its_budget_resumes_from_study_json_alone(tmp_path, cap
     write_cifar100(tmp_path / "data", n_train=200, n_test=40)
     base = write_tiny_config(tmp_path / "base.yaml", tmp_path / "data")
     ssal_config = write_tiny_config(
-        tmp_path / "ssal.yaml", tmp_path / "data", model={"groupings": "cifar100-superclasses"}
+        tmp_path / "ssal.yaml",
+        tmp_path / "data",
+        model={"groupings": {"source": "cifar100-superclasses"}},
     )
 
     def study(out, *extra):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ssal
+from ssal.args import GroupingArgs, NetworkArgs, OptimArgs
 from ssal.checkpoint import load_checkpoint, read_checkpoint
 from ssal.cli import main
 from ssal.grouping import Grouping, load_groupings, save_groupings
@@ -31,14 +32,12 @@ def test_optimizer_groups_weight_decay(tmp_path):
     g = [Grouping(np.arange(10) % k) for k in (2, 3, 5)]
     path = save_groupings(tmp_path / "g.json", g)
     module = SSALModule(
-        "tiny-wrn",
+        NetworkArgs("tiny-wrn"),
         10,
-        groupings=str(path),
-        weight_decay=1.4e-3,
-        branch_weight_decay=6e-4,
-        nesterov=True,
-        momentum=0.9,
-        lr=0.02,
+        groupings=GroupingArgs(str(path)),
+        optim=OptimArgs(
+            weight_decay=1.4e-3, branch_weight_decay=6e-4, nesterov=True, momentum=0.9, lr=0.02
+        ),
     )
     module.trainer = type("T", (), {"max_epochs": 80, "estimated_stepping_batches": 800})()
     opt = module.configure_optimizers()["optimizer"]
@@ -66,7 +65,7 @@ def test_weight_decay_by_kind(tmp_path):
     [fc_bias] = [g for g in groups if g["name"] == "backbone.linear.bias"]
     assert fc_bias["params"][0] is net.backbone.fc.bias
     with pytest.raises(ValueError, match=r"unknown weight decay kinds \['backbone.fc.weight'\]"):
-        SSALModule("tiny-wrn", 10, weight_decay_by_kind={"backbone.fc.weight": 0.0})
+        SSALModule(num_classes=10, optim={"weight_decay_by_kind": {"backbone.fc.weight": 0.0}})
 
 
 @pytest.fixture
@@ -93,11 +92,11 @@ def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifa
     run = fit_tiny(
         tmp_path,
         cifar_dir,
-        "--model.groupings",
+        "--model.groupings.source",
         "auto",
-        "--model.probe_epochs",
+        "--model.groupings.probe_epochs",
         "1",
-        "--model.auto_groups",
+        "--model.groupings.auto_groups",
         "[20, 33, 50]",
     )
     groupings, names = load_groupings(run / "groupings.json", 100)
@@ -137,7 +136,7 @@ def test_fit_auto_groupings_then_evaluate_matches_last_validation(tmp_path, cifa
     assert [g.num_groups for g in card.groupings] == [20, 33, 50]
     x = torch.randn(2, 3, 32, 32)
     state = {k[4:]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
-    again = SSALModule("tiny-wrn", 100, groupings=str(run / "groupings.json")).net.eval()
+    again = SSALModule(NetworkArgs("tiny-wrn"), 100, groupings={"source": groupings}).net.eval()
     again.load_state_dict(state)
     torch.testing.assert_close(model(x).logits, again(x).logits)
 
@@ -181,7 +180,7 @@ def test_fit_with_bad_groupings_file_is_one_line(tmp_path, cifar_dir, capsys):
     config.write_text(
         "data:\n  class_path: ssal.data.InMemoryDataModule\n"
         f"  init_args: {{dataset: cifar100, data_dir: {cifar_dir}}}\n"
-        f"model:\n  model: tiny-wrn\n  groupings: {bad}\n"
+        f"model:\n  network: {{name: tiny-wrn}}\n  groupings: {{source: {bad}}}\n"
     )
     assert main(["fit", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -224,7 +223,7 @@ def test_progress_bar_reads_the_loss_only_when_it_redraws(cifar_dir):
             logged.append(float(trainer.callback_metrics["train/loss"]))
 
     dm = InMemoryDataModule("cifar100", str(cifar_dir), batch_size=32, heldout=0)
-    module = SSALModule("tiny-wrn", 100, warmup_epochs=1)
+    module = SSALModule(NetworkArgs("tiny-wrn"), 100, optim=OptimArgs(warmup_epochs=1))
     trainer = quick_trainer(
         4,
         limit_val_batches=0,
@@ -255,7 +254,7 @@ def test_lightning_weight_averaging_with_an_ssal_run(tmp_path):
     write_cifar100(tmp_path / "data", n_train=200, n_test=60)
     dm = InMemoryDataModule("cifar100", str(tmp_path / "data"), batch_size=20, heldout=0.1)
     g = [Grouping(np.arange(100) % k) for k in (2, 3, 5)]
-    module = SSALModule("tiny-wrn", 100, groupings=str(save_groupings(tmp_path / "g.json", g)))
+    module = SSALModule(NetworkArgs("tiny-wrn"), 100, groupings=GroupingArgs(g))
     seen: list[dict[str, torch.Tensor]] = []
 
     class Snapshot(L.Callback):  # the raw weights after the last step, before the swap
@@ -289,22 +288,33 @@ def test_lightning_weight_averaging_with_an_ssal_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_groupings_from_python(tmp_path):
-    """``SSALModule(groupings="auto")`` under a plain Trainer trains the probe, writes the
-    groupings where the user's ``AutoGroupings(out=...)`` says, and trains with branches."""
-    from ssal.callbacks import AutoGroupings
+def test_auto_groupings_from_python(tmp_path, monkeypatch):
+    """``groupings: auto`` from Python: ``derive_groupings`` trains the module's network as the
+    probe, writes the groupings where asked and gives the module its branches, building the
+    network twice in all; a plain ``fit`` before that is refused in one line."""
+    import ssal.train
     from ssal.data import InMemoryDataModule
+    from ssal.trainer import derive_groupings
 
     write_cifar100(tmp_path / "data", n_train=200, n_test=40)
     dm = InMemoryDataModule("cifar100", str(tmp_path / "data"), batch_size=20, heldout=0.2)
-    module = SSALModule("tiny-wrn", 100, groupings="auto", auto_groups=[2, 3], probe_epochs=1)
-    out = tmp_path / "mine"
-    trainer = quick_trainer(3, callbacks=[AutoGroupings(out=out)], limit_val_batches=0)
-    trainer.fit(module, dm)
-    groupings, _ = load_groupings(out / "groupings.json", 100)
+    built = []
+    create = ssal.train.create_model
+    monkeypatch.setattr(
+        ssal.train, "create_model", lambda *a, **k: built.append(a) or create(*a, **k)
+    )
+    auto = GroupingArgs("auto", auto_groups=[2, 3], probe_epochs=1)
+    module = SSALModule(NetworkArgs("tiny-wrn"), 100, groupings=auto)
+    with pytest.raises(ValueError, match="derive_groupings"):
+        quick_trainer(1, limit_val_batches=0).fit(module, dm)
+    out = tmp_path / "mine" / "groupings.json"
+    assert derive_groupings(module, dm, out, accelerator="cpu", progress=False) == out
+    groupings, _ = load_groupings(out, 100)
     assert [g.num_groups for g in groupings] == [2, 3]
     assert [g.num_groups for g in module.groupings] == [2, 3]
-    assert len(module.net.branches) == 2 and not (tmp_path / "groupings.json").exists()
+    assert len(module.net.branches) == 2 and len(built) == 2
+    quick_trainer(3, limit_val_batches=0).fit(module, dm)  # the SSAL model trains
+    assert module.trainer.global_step == 3
 
 
 def test_log_interval_gives_short_runs_loss_curves():

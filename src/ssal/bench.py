@@ -15,25 +15,25 @@ from __future__ import annotations
 
 import os
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from ssal.args import GroupingArgs, NetworkArgs, OptimArgs, SpeedArgs
 from ssal.backbones import create_model, default_groupings, get_entry
 from ssal.data.arrays import ImageArrays
 from ssal.data.in_memory import InMemoryDataModule
 from ssal.errors import UserError
-from ssal.grouping import save_groupings
+from ssal.grouping import Grouping
 from ssal.loss import SSALLoss
 from ssal.train import SSALModule
+from ssal.trainer import build_trainer
 
 __all__ = ["PEAK_TFLOPS", "bench_rows", "count_flops", "run_bench"]
 
@@ -214,7 +214,7 @@ class _Setup:
 
 def _ours(
     setup: _Setup,
-    groupings_file: str | None,
+    groupings: list[Grouping] | None,
     measure_eval: bool = True,
     profile: Path | None = None,
 ) -> dict[str, Any]:
@@ -223,19 +223,17 @@ def _ours(
     batch, device, precision = setup.batch, setup.device, setup.precision
     steps = min(setup.steps, 5) if profile else setup.steps
     module = SSALModule(
-        setup.model,
+        NetworkArgs(
+            setup.model, layouts=list(setup.layouts) if setup.layouts and groupings else None
+        ),
         setup.classes,
-        in_channels=setup.shape[0],
-        groupings=groupings_file,
-        layouts=list(setup.layouts) if setup.layouts and groupings_file else None,
-        lr=0.01,
-        warmup_epochs=1,
-        compile=setup.compile,
-        compile_mode=setup.compile_mode,
-        channels_last=setup.channels_last,
+        setup.shape[0],
+        GroupingArgs(groupings),
+        optim=OptimArgs(lr=0.01, warmup_epochs=1),
+        speed=SpeedArgs(setup.compile, setup.compile_mode, setup.channels_last),
     )
     timer = _Timer(setup.warmup)
-    trainer = L.Trainer(
+    trainer = build_trainer(
         accelerator=device.type,
         devices=1,
         precision=precision,
@@ -413,16 +411,14 @@ def run_bench(
         model, ssal, batch_size, steps, warmup, device, precision, compile, channels_last,
         num_classes, compile_mode, layouts, input_size, image_folder, decode_on_device, workers,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        gfile = str(save_groupings(Path(tmp) / "g.json", groupings)) if groupings else None
-        result = _measure(setup, groupings, gfile, peak_tflops)
-        if profile:
-            result.update(_profile(setup, gfile, Path(profile), result["train_step_ms"]))
-        result["ssal"] = ssal
-        result["layouts"] = list(layouts) if layouts else None
-        result["image_folder"] = str(image_folder) if image_folder else None
-        result["decode_on_device"] = decode_on_device if image_folder else None
-        result.update(_reference_speed(setup, groupings, reference, reference_workers, result))
+    result = _measure(setup, groupings, peak_tflops)
+    if profile:
+        result.update(_profile(setup, groupings, Path(profile), result["train_step_ms"]))
+    result["ssal"] = ssal
+    result["layouts"] = list(layouts) if layouts else None
+    result["image_folder"] = str(image_folder) if image_folder else None
+    result["decode_on_device"] = decode_on_device if image_folder else None
+    result.update(_reference_speed(setup, groupings, reference, reference_workers, result))
     entry = get_entry(model)
     if entry.paper.run and not layouts and not input_size:
         epochs, n_train, n_test = entry.paper.run
@@ -489,20 +485,22 @@ def _make_setup(
     return setup, groupings
 
 
-def _profile(setup: _Setup, gfile: str | None, folder: Path, step_ms: float) -> dict[str, Any]:
+def _profile(
+    setup: _Setup, groupings: list[Grouping] | None, folder: Path, step_ms: float
+) -> dict[str, Any]:
     """Profile a few steps of the SSAL model (and the bare backbone): tables and traces in
     ``folder/{model,backbone}/``, the kernel summary in ``folder/kernels.txt``."""
     from ssal.files import write_text
     from ssal.profiling import profile_summary, summary_table
 
-    parts = [("model", gfile)] + ([("backbone", None)] if gfile else [])
+    parts = [("model", groupings)] + ([("backbone", None)] if groupings else [])
     events = {}
     for part, g in parts:
         events[part] = _ours(setup, g, measure_eval=False, profile=folder / part)["events"]
     summary = profile_summary(events["model"], events.get("backbone"))
     summary["busy_fraction"] = summary["kernel_ms_per_step"] / step_ms
     title = (
-        f"{setup.model}{' +SSAL' if gfile else ''}, {setup.device.type}, {setup.precision}, "
+        f"{setup.model}{' +SSAL' if groupings else ''}, {setup.device.type}, {setup.precision}, "
         f"batch {setup.batch}{', compile' if setup.compile else ''}"
         f"{f' ({setup.compile_mode})' if setup.compile_mode else ''}"
         f"{', channels_last' if setup.channels_last else ''}: one training step, "
@@ -516,7 +514,7 @@ def _profile(setup: _Setup, gfile: str | None, folder: Path, step_ms: float) -> 
 
 
 def _measure(
-    setup: _Setup, groupings: list | None, gfile: str | None, peak_tflops: float | None
+    setup: _Setup, groupings: list[Grouping] | None, peak_tflops: float | None
 ) -> dict[str, Any]:
     """FLOPs, parameters, our speed (and the bare backbone's, for the branches' share), MFU."""
     dev, classes, name = setup.device, setup.classes, setup.model
@@ -529,7 +527,7 @@ def _measure(
     flops = count_flops(flops_model, loss_fn, xb, yb)
     del flops_model
     params = create_model(name, classes, groupings, **build).num_parameters()
-    ours = _ours(setup, gfile)
+    ours = _ours(setup, groupings)
     peak, source = _peak_flops(dev, setup.precision, peak_tflops)
     result: dict[str, Any] = {
         "model": name,

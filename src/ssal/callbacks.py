@@ -1,11 +1,10 @@
-"""Callbacks of ssal's training runs: the ``groupings: auto`` probe, a NaN guard, and progress
-bars that read the loss only when they redraw."""
+"""Callbacks of ssal's training runs: a NaN guard, the logging interval of short runs, and
+progress bars that read the loss only when they redraw (``ssal.trainer.SSALTrainer`` adds
+them to every run)."""
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,19 +12,17 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from ssal.errors import UserError
-from ssal.evaluate import groupings_from_model
-from ssal.grouping import load_groupings, save_groupings
 from ssal.lightning_adapter import bar_settings, save_last_checkpoint
 
 __all__ = [
     "NOTE",
-    "AutoGroupings",
     "LastAndBestCheckpoint",
     "LossProgressBar",
     "LossRichProgressBar",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "RunReport",
+    "ShortRunLogInterval",
     "log_interval",
     "use_loss_progress_bar",
 ]
@@ -35,98 +32,29 @@ NOTE = 25  # ssal's notes on what a run does: above INFO, which libraries fill, 
 logging.addLevelName(NOTE, "NOTE")
 
 
-class AutoGroupings(Callback):
-    """``groupings: auto``: the paper's workflow inside one ``fit``.
-
-    Before the SSAL model is trained, the same network without branches (the probe) trains
-    for ``probe_epochs``; its confusion on the held-out split (never the test set) is grouped
-    into ``auto_groups`` (default: the model's paper sizes) with ``auto_mode``; the groupings
-    are written to ``groupings.json`` in the run folder (or ``out``) and the model is rebuilt
-    with its branches, all before the optimiser exists. Runs resumed from a checkpoint take the
-    checkpoint's groupings instead. Under Lightning's own multi-process launcher the launching
-    process derives them first (``derive``) and hands the file to the others.
-    """
-
-    ENV = "SSAL_AUTO_GROUPINGS"
-
-    def __init__(self, out: str | Path | None = None) -> None:
-        self.out = out
-
-    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or not getattr(pl_module, "awaits_groupings", False):
-            return
-        if trainer.ckpt_path:  # resuming: on_load_checkpoint restores the groupings
-            return
-        shared = os.environ.get(self.ENV)
-        if shared:
-            path = Path(shared)
-        elif trainer.world_size > 1:
-            raise UserError(
-                "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
-                "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
-                "first and pass --model.groupings FILE"
-            )
-        else:
-            path = self.derive(trainer, pl_module, trainer.datamodule)
-        groupings, _ = load_groupings(path, num_classes=pl_module.hparams.num_classes)
-        pl_module.set_groupings(groupings)
-
-    def derive(self, trainer: L.Trainer, module: Any, datamodule: Any) -> Path:
-        """Train the probe, group its held-out confusion, write and return the groupings file."""
-        hp = module.hparams
-        out = Path(self.out or trainer.log_dir or trainer.default_root_dir) / "groupings.json"
-        args = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI's own
-        probe = type(module)(**{**args, "groupings": None, "compile": False})
-        device = trainer.strategy.root_device
-        log.log(
-            NOTE,
-            "probe: training %s without branches for %d epoch%s to group its confusion",
-            hp.model,
-            hp.probe_epochs,
-            "s" if hp.probe_epochs != 1 else "",
-        )
-        probe_trainer = L.Trainer(
-            accelerator=device.type,
-            devices=[device.index or 0] if device.type == "cuda" else 1,
-            precision=trainer.precision,
-            max_epochs=hp.probe_epochs,
-            limit_train_batches=trainer.limit_train_batches,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=trainer.progress_bar_callback is not None,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
-        use_loss_progress_bar(probe_trainer, label="probe: ")
-        try:
-            probe_trainer.fit(probe, datamodule)
-        finally:
-            datamodule.trainer = trainer  # the probe's trainer borrowed it
-        datamodule.setup("fit")
-        sizes = hp.auto_groups or list(module.entry.group_sizes(hp.num_classes))
-        groupings, _ = groupings_from_model(
-            probe.net, datamodule, sizes, hp.auto_mode, device=device
-        )
-        save_groupings(out, groupings, datamodule.class_names)
-        log.log(NOTE, "groupings (%s) from the probe's held-out confusion: %s", hp.auto_mode, out)
-        return out
-
-    @classmethod
-    def derive_before_launch(cls, trainer: L.Trainer, module: Any, datamodule: Any) -> None:
-        """For Lightning's multi-process launcher: derive in the launching process and hand the
-        file to the processes it starts (they inherit the environment)."""
-        if os.environ.get(cls.ENV) or not getattr(module, "awaits_groupings", False):
-            return
-        path = cls().derive(trainer, module, datamodule)
-        os.environ[cls.ENV] = str(path.resolve())
-
-
 def log_interval(requested: int, batches: int) -> int:
     """Steps between logged training rows: ``requested``, or a quarter of the ``batches`` a
     run trains per epoch where ``requested`` would log fewer than two rows an epoch (short
     runs still get loss curves)."""
     return max(1, batches // 4) if requested > max(1, batches // 2) else requested
+
+
+class ShortRunLogInterval(Callback):
+    """Sets the trainer's ``log_every_n_steps`` to ``log_interval`` of what the user asked for
+    and the batches this run trains per epoch (the loader's, cut by ``limit_train_batches``
+    and ``max_steps``), once they are known."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self.requested is None:
+            self.requested = trainer.log_every_n_steps
+        batches = trainer.num_training_batches
+        if trainer.max_steps > 0:
+            batches = min(batches, trainer.max_steps)
+        if batches != float("inf"):
+            trainer.log_every_n_steps = log_interval(self.requested, int(batches))
 
 
 class RunReport(Callback):
@@ -287,11 +215,12 @@ class NonFiniteLossGuard(Callback):
     """Stops training when the loss turns NaN/inf, saying at which step, before anything is saved.
 
     The check reads one flag from the device every ``every_n_steps`` steps (no host sync per
-    step); checkpoints are written only at epoch ends, so the last good one stays as it is.
+    step; ``None``: the trainer's logging interval); checkpoints are written only at epoch
+    ends, so the last good one stays as it is.
     """
 
-    def __init__(self, every_n_steps: int = 50) -> None:
-        self.every_n_steps = max(1, every_n_steps)
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = None if every_n_steps is None else max(1, every_n_steps)
         self._bad: torch.Tensor | None = None
         self._first_bad_step: torch.Tensor | None = None
 
@@ -314,7 +243,8 @@ class NonFiniteLossGuard(Callback):
         self._first_bad_step = torch.where(self._bad | ~bad, self._first_bad_step, step)
         self._bad = self._bad | bad
         last = batch_idx + 1 == trainer.num_training_batches
-        if trainer.global_step % self.every_n_steps == 0 or last:
+        every = self.every_n_steps or max(1, trainer.log_every_n_steps)
+        if trainer.global_step % every == 0 or last:
             self._raise_if_bad(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ssal.args import flat_keys, renamed_key
 from ssal.config_files import config_files
 from ssal.errors import UserError
 
@@ -62,7 +63,7 @@ def known_keys(class_path: str | None = None) -> list[str]:
     from ssal.train import SSALModule
 
     keys = ["seed_everything", "ckpt_path", "config", "trainer", "model", "data", "checkpoint"]
-    keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.")
+    keys += _keys_of(L.Trainer, "trainer.") + _keys_of(SSALModule, "model.") + flat_keys()
     keys += _keys_of(LastAndBestCheckpoint, "checkpoint.")
     for cls in (_datamodule_classes(class_path) or _datamodule_classes()).values():
         keys += _keys_of(cls, "data.init_args.") + _keys_of(cls, "data.")
@@ -97,6 +98,29 @@ def _source(key: str, argv: Sequence[str]) -> str:
     leaf = key.rsplit(".", 1)[-1]
     named = [c for c in configs if Path(c).is_file() and leaf in Path(c).read_text()]
     return f"in {', '.join(named or configs)}" if configs else "in the config"
+
+
+def _value_for_group(key: str, argv: Sequence[str]) -> bool:
+    """Whether ``key`` (a group such as ``model.groupings``) was given a plain value, as the
+    flat layout spelled it: ``--key VALUE`` on the command line, or text or a list in a config
+    (jsonargparse reads text given for a group as a file of the group's values)."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{key}="):
+            return not arg.split("=", 1)[1].lstrip().startswith("{")
+        if arg == f"--{key}" and i + 1 < len(argv):
+            return not argv[i + 1].lstrip().startswith("{")
+    for path in config_files(argv):
+        try:
+            doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            doc = doc.get(part) if isinstance(doc, dict) else None
+        if isinstance(doc, (str, list)):
+            return True
+    return False
 
 
 def _did_you_mean(key: str, argv: Sequence[str] = ()) -> str:
@@ -141,6 +165,12 @@ def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
     what to do."""
     command = argv[0] if argv else "fit"
     key = _unknown_key(message)
+    if key and not renamed_key(key):  # a file given to a group in the flat layout's way
+        parent = key.rpartition(".")[0]
+        if renamed_key(parent) and _value_for_group(parent, argv):
+            key = parent
+    if key and renamed_key(key):
+        return ConfigError(f"{key} is now {renamed_key(key)} ({_source(key, argv)})", True)
     if key:
         where = _source(key, argv)
         return ConfigError(
@@ -152,6 +182,8 @@ def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
         if key == "config":
             text = " ".join(detail.split())
             return ConfigError(text.replace("File does not exist", "config file not found"))
+        if renamed_key(key) and "Unable to load config" in detail:  # a value, not a group
+            return ConfigError(f"{key} is now {renamed_key(key)} ({_source(key, argv)})", True)
         return ConfigError(f"{key} {_source(key, argv)}: {plain_validation_error(detail)}", True)
     return ConfigError(plain_validation_error(message))
 

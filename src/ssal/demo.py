@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ssal.args import GroupingArgs, NetworkArgs, grouped_args
 from ssal.backbones import get_entry
-from ssal.callbacks import log_interval, use_loss_progress_bar
 from ssal.checkpoint import set_checkpoint_alpha
 from ssal.data.in_memory import InMemoryDataModule
 from ssal.errors import UserError
@@ -29,6 +29,7 @@ from ssal.files import write_json
 from ssal.grouping import save_groupings
 from ssal.report import save_report
 from ssal.train import SSALModule
+from ssal.trainer import build_trainer
 
 __all__ = ["DEMO_MODEL", "run_demo"]
 
@@ -56,7 +57,7 @@ def _train(
         monitor=None,
         enable_version_counter=False,
     )
-    trainer = L.Trainer(
+    trainer = build_trainer(
         max_epochs=epochs,
         accelerator="auto",
         devices=1,
@@ -68,10 +69,9 @@ def _train(
         enable_model_summary=False,
         enable_progress_bar=not quiet,
         num_sanity_val_steps=0,
-        log_every_n_steps=log_interval(20, len(dm.train_dataloader())),
+        log_every_n_steps=20,  # fewer where an epoch has too few steps for two rows
         deterministic=False,
     )
-    use_loss_progress_bar(trainer)
     with warnings.catch_warnings():  # the run folder holds its logs/ beside model.ckpt
         warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
         trainer.fit(module, dm)
@@ -136,7 +136,7 @@ def _baseline_and_groupings(
     """Steps 1 and 2: the baseline, and the groupings of its held-out confusion."""
     entry = get_entry(DEMO_MODEL)
     say(f"[1/4] training the baseline ({DEMO_MODEL}, {_epochs(epochs)})")
-    base = SSALModule(num_classes=10, in_channels=1, model=DEMO_MODEL, **entry.recipe)
+    base = SSALModule(NetworkArgs(DEMO_MODEL), 10, 1, **grouped_args(entry.recipe))
     base_ckpt, base_time = _train(base, dm, out / "baseline", epochs, quiet)
     say("[2/4] grouping the classes from the baseline's held-out confusion")
     groupings, _ = groupings_from_model(
@@ -178,8 +178,8 @@ def run_demo(
     )
     say(f"[3/4] training the same network with SSAL branches ({_epochs(epochs)})")
     L.seed_everything(seed, verbose=False)
-    recipe = {"model": DEMO_MODEL, **get_entry(DEMO_MODEL).recipe}
-    model = SSALModule(num_classes=10, in_channels=1, groupings=str(groupings_path), **recipe)
+    recipe = grouped_args(get_entry(DEMO_MODEL).recipe)
+    model = SSALModule(NetworkArgs(DEMO_MODEL), 10, 1, GroupingArgs(groupings), **recipe)
     ssal_ckpt, ssal_time = _train(model, dm, out / "ssal", epochs, quiet)
     say("[4/4] choosing alpha on the held-out split, evaluating on the test set")
     # one evaluation of each split serves the summary and the report alike

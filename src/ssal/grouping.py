@@ -472,7 +472,8 @@ def groupings_from_spec(
         return [g]
     if spec == "auto":
         raise UserError(
-            "groupings 'auto' are derived during training (ssal.callbacks.AutoGroupings)"
+            "groupings 'auto' are derived by a probe before training "
+            "(ssal.trainer.derive_groupings)"
         )
     return load_groupings(spec, num_classes)[0]
 

@@ -20,20 +20,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ssal.callbacks import (
-    AutoGroupings,
-    LastAndBestCheckpoint,
-    NonFiniteLossGuard,
-    RunReport,
-    log_interval,
-    use_loss_progress_bar,
-)
+from ssal.callbacks import LastAndBestCheckpoint, RunReport
 from ssal.checkpoint import read_card, read_checkpoint
 from ssal.config_errors import ConfigError, explain_config_error, plain_validation_error
 from ssal.config_files import check_config, config_files
 from ssal.errors import UserError
+from ssal.grouping import load_groupings
 from ssal.resume import Interrupted, after_interrupt, resolve_resume
 from ssal.train import SSALModule
+from ssal.trainer import AUTO_GROUPINGS_ENV, SSALTrainer, derive_groupings
 
 log = logging.getLogger("ssal")
 
@@ -123,11 +118,6 @@ class SSALCLI(LightningCLI):
                 raise
             raise ConfigError(f"data.init_args: {plain_validation_error(str(e))}") from None
 
-    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        use_loss_progress_bar(trainer)
-        return trainer
-
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         trainer = cfg.trainer
@@ -186,32 +176,48 @@ class SSALCLI(LightningCLI):
         self._load_data()
         self._add_tensorboard()
 
-    def _batches_run(self) -> int:
-        """Training batches an epoch of this run takes: the loader's, cut by
-        ``limit_train_batches`` and ``max_steps``."""
-        trainer = self.trainer
-        batches = len(self.datamodule.train_dataloader())
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int):
-            batches = min(batches, limit)
-        elif limit is not None and limit < 1:
-            batches = max(1, int(batches * limit))
-        return min(batches, trainer.max_steps) if trainer.max_steps > 0 else batches
-
     def before_fit(self) -> None:
-        trainer, module = self.trainer, self.model
+        trainer = self.trainer
         self._load_data()
-        trainer.log_every_n_steps = log_interval(trainer.log_every_n_steps, self._batches_run())
+        # a training part smaller than a batch is one line before the run says anything
+        self.datamodule.train_dataloader()
         self._add_tensorboard()
         trainer.callbacks.append(LearningRateMonitor("epoch"))
-        trainer.callbacks.insert(0, NonFiniteLossGuard(trainer.log_every_n_steps))
         trainer.callbacks.append(RunReport())
+        if self.model.awaits_groupings:
+            self._auto_groupings()
+
+    def _auto_groupings(self) -> None:
+        """``groupings: auto`` before the SSAL model's ``fit``: a resumed run's from its
+        checkpoint, a process that Lightning's launcher started takes the launching one's,
+        otherwise the probe runs here (once, before the launcher starts other processes)."""
+        trainer, module = self.trainer, self.model
         ckpt_path = self.config["fit"].get("ckpt_path")
-        if ckpt_path and module.awaits_groupings:  # a resumed auto run keeps its groupings
+        shared = os.environ.get(AUTO_GROUPINGS_ENV)
+        if ckpt_path:
             module.set_groupings(list(read_card(ckpt_path).groupings) or None)
-        elif trainer.world_size > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            # Lightning's launcher starts the other processes after this: derive here, once
-            AutoGroupings.derive_before_launch(trainer, module, self.datamodule)
+        elif shared:
+            module.set_groupings(load_groupings(shared, num_classes=module.num_classes)[0])
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(
+                "groupings: auto needs Lightning's own launcher (trainer.devices > 1 on one "
+                "machine); under torchrun or SLURM run `ssal group --checkpoint BASELINE.ckpt` "
+                "first and pass --model.groupings.source FILE"
+            )
+        else:
+            device = trainer.strategy.root_device
+            path = derive_groupings(
+                module,
+                self.datamodule,
+                Path(trainer.log_dir or trainer.default_root_dir) / "groupings.json",
+                accelerator=device.type,
+                devices=[device.index or 0] if device.type == "cuda" else 1,
+                precision=trainer.precision,
+                limit_train_batches=trainer.limit_train_batches,
+                progress=trainer.progress_bar_callback is not None,
+            )
+            if trainer.world_size > 1:  # the processes the launcher starts inherit it
+                os.environ[AUTO_GROUPINGS_ENV] = str(path.resolve())
 
 
 def _runs_under_root_dir(trainer: Any) -> None:
@@ -231,11 +237,12 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
 
     for path in config_files(argv):
         check_config(path)
-    inherited = AutoGroupings.ENV in os.environ
+    inherited = AUTO_GROUPINGS_ENV in os.environ
     try:
         SSALCLI(
             SSALModule,
             L.LightningDataModule,
+            trainer_class=SSALTrainer,
             subclass_mode_data=True,
             args=list(argv),
             save_config_kwargs={"overwrite": True},
@@ -247,5 +254,5 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         raise ConfigError(" ".join(str(e).split())[:300]) from None
     finally:
         if not inherited:  # a later run in this process derives its own groupings
-            os.environ.pop(AutoGroupings.ENV, None)
+            os.environ.pop(AUTO_GROUPINGS_ENV, None)
     return 0

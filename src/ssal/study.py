@@ -161,8 +161,9 @@ def plan_runs(
     """Runs for every config (x every grid value) x seed, seed-major so pairs finish early:
     seed 0 of every config first, then seed 1, ...
 
-    ``grid`` entries read ``KEY=V1,V2`` (a Lightning CLI key, e.g. ``model.auto_mode``); each
-    value makes a variant named ``<config>-<key tail>=<value>``.
+    ``grid`` entries read ``KEY=V1,V2`` (a Lightning CLI key, e.g.
+    ``model.groupings.auto_mode``); each value makes a variant named
+    ``<config>-<key tail>=<value>``.
     """
     names = list(names) if names else [Path(c).stem for c in configs]
     if len(names) != len(configs) or len(set(names)) != len(names):

@@ -9,12 +9,21 @@ fast-path switches (``compile``, ``channels_last``), which default to on for CUD
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from ssal.args import (
+    GroupingArgs,
+    LossArgs,
+    NetworkArgs,
+    OptimArgs,
+    SpeedArgs,
+    as_plain,
+    coerce,
+)
 from ssal.backbones import create_model, get_entry
 from ssal.card import ModelCard, Preprocessing
 from ssal.checkpoint import CHECKPOINT_KEY
@@ -32,71 +41,69 @@ __all__ = ["COMPILE_MODES", "SSALModule"]
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-class SSALModule(L.LightningModule):
-    """Trains a registered model as a baseline (``groupings=None``) or with SSAL branches.
+def _check_args(optim: OptimArgs, speed: SpeedArgs) -> None:
+    """``ValueError`` for a recipe SGD cannot use or a ``compile_mode`` torch does not know."""
+    if speed.compile_mode not in COMPILE_MODES:
+        raise UserError(f"compile_mode must be one of {COMPILE_MODES}, got {speed.compile_mode!r}")
+    if optim.schedule_first_epoch < 0:
+        raise UserError(f"schedule_first_epoch must be >= 0, got {optim.schedule_first_epoch}")
+    check_recipe(
+        optim.lr,
+        optim.momentum,
+        optim.weight_decay,
+        optim.branch_weight_decay,
+        optim.backbone_lr_factor,
+    )
+    decay_by_kind(
+        optim.weight_decay, optim.branch_weight_decay, overrides=optim.weight_decay_by_kind
+    )
 
-    ``groupings``: a groupings file (ssal JSON, or one grouping in the authors' text format), a
-    list of such files (the authors' three, one per branch), a built-in hierarchy
-    (``cifar100-superclasses``), ``auto`` (a short baseline probe is trained first and its
-    held-out confusion grouped into ``auto_groups``, see ``ssal.callbacks.AutoGroupings``) or
-    ``None``. With fewer groupings
-    than the model has branch positions, the deepest positions are used. ``compile`` and
-    ``channels_last`` default to on for CUDA devices and off elsewhere; ``compile_mode`` is
-    ``torch.compile``'s ``mode``. ``weight_decay``/``branch_weight_decay`` are PyTorch
-    ``weight_decay`` values (a Keras ``l2(wd)`` is ``2 * wd``) on conv and linear weights; norm
-    layers and biases get none unless ``decay_norm_and_bias``; ``weight_decay_by_kind`` sets
-    the value of any kind of parameter (``ssal.recipe.DECAY_KINDS``, e.g.
-    ``backbone.linear.bias``: the authors' runs decay classifier and branch dense layers
-    differently per model). The learning rate warms up over ``warmup_epochs`` and decays
-    linearly, stepped per ``schedule_interval``; ``schedule_first_epoch`` is the number the
-    schedule gives the first epoch (0, as Keras counts; 1, as the authors' PyTorch trainer).
-    ``pretrained``: ``True`` for the backbone's published weights (timm and torchvision
-    backbones), or a state dict or safetensors file; the branches start fresh.
-    ``backbone_lr_factor`` scales the backbone's learning rate against the branches'
-    (fine-tuning: e.g. 0.1).
+
+class SSALModule(L.LightningModule):
+    """Trains a registered network as a baseline (no groupings) or with SSAL branches.
+
+    The arguments come in groups, as configs spell them (``ssal.args``): ``network`` (which
+    network, where its branches go, pretrained weights), ``groupings`` (what the branches
+    predict: files, a built-in hierarchy, ``auto`` or ``Grouping`` objects), ``loss``, ``optim``
+    (SGD and its schedule) and ``speed`` (``torch.compile``, channels-last: on for CUDA unless
+    set). Each takes its dataclass or a mapping of its fields. ``num_classes`` and
+    ``in_channels`` come from the data (``ssal fit`` links them); ``alpha`` is the weight of
+    joint prediction (``None``: the model's). ``groupings: auto`` is resolved before training
+    by ``ssal.trainer.derive_groupings`` (``ssal fit`` runs it).
     """
 
     def __init__(
         self,
-        model: str = "small-cnn",
+        network: NetworkArgs = NetworkArgs(),
         num_classes: int = 10,
         in_channels: int | None = None,
-        groupings: str | list[str] | None = None,
-        auto_groups: list[int] | None = None,
-        auto_mode: Literal["similar", "split"] = "similar",
-        probe_epochs: int = 5,
-        branch_weights: list[float] | None = None,
-        positions: list[str] | None = None,
-        layouts: list[str] | None = None,
+        groupings: GroupingArgs = GroupingArgs(),
+        loss: LossArgs = LossArgs(),
+        optim: OptimArgs = OptimArgs(),
+        speed: SpeedArgs = SpeedArgs(),
         alpha: float | None = None,
-        label_smoothing: float = 0.0,
-        smoothing_convention: Literal["torch", "paper"] = "torch",
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        nesterov: bool = False,
-        weight_decay: float = 5e-4,
-        branch_weight_decay: float | None = None,
-        decay_norm_and_bias: bool = False,
-        weight_decay_by_kind: dict[str, float] | None = None,
-        warmup_epochs: int = 10,
-        schedule_interval: Literal["epoch", "step"] = "epoch",
-        schedule_first_epoch: int = 0,
-        bn_momentum: float | None = None,
-        compile: bool | None = None,
-        compile_mode: str | None = None,
-        channels_last: bool | None = None,
-        pretrained: bool | str | None = None,
-        backbone_lr_factor: float = 1.0,
     ) -> None:
         super().__init__()
-        if compile_mode not in COMPILE_MODES:
-            raise UserError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-        if schedule_first_epoch < 0:
-            raise UserError(f"schedule_first_epoch must be >= 0, got {schedule_first_epoch}")
-        check_recipe(lr, momentum, weight_decay, branch_weight_decay, backbone_lr_factor)
-        decay_by_kind(weight_decay, branch_weight_decay, overrides=weight_decay_by_kind)
-        self.save_hyperparameters()
-        self.entry = get_entry(model)
+        self.network = coerce(NetworkArgs, network)
+        self.grouping_args = coerce(GroupingArgs, groupings)
+        self.loss_args = coerce(LossArgs, loss)
+        self.optim = coerce(OptimArgs, optim)
+        self.speed = coerce(SpeedArgs, speed)
+        self.num_classes, self.in_channels = int(num_classes), in_channels
+        _check_args(self.optim, self.speed)
+        self.save_hyperparameters(
+            {
+                "network": as_plain(self.network),
+                "num_classes": self.num_classes,
+                "in_channels": in_channels,
+                "groupings": as_plain(self.grouping_args),
+                "loss": as_plain(self.loss_args),
+                "optim": as_plain(self.optim),
+                "speed": as_plain(self.speed),
+                "alpha": alpha,
+            }
+        )
+        self.entry = get_entry(self.network.name)
         self.alpha = self.entry.branches.alpha if alpha is None else float(alpha)
         self.class_names: list[str] | None = None
         self.preprocessing: Preprocessing | None = None
@@ -104,51 +111,43 @@ class SSALModule(L.LightningModule):
         self.input_size: list[int] | None = None  # of the training images, once data is set up
         self.last_metrics: dict[str, Any] = {}
         self._compiled: list[nn.Module] = []
-        spec = None if groupings == "auto" else groupings
-        self.set_groupings(groupings_from_spec(spec, num_classes))
+        self.probing = False  # trained as the probe of ``groupings: auto`` (never compiled)
+        source = self.grouping_args
+        given = source.given
+        if given is None and not source.auto:
+            given = groupings_from_spec(source.source, self.num_classes)  # type: ignore[arg-type]
+        self.set_groupings(given)
 
     # -------------------------------------------------------------------------- building
     def set_groupings(self, groupings: Sequence[Grouping] | None) -> None:
         """(Re)build the network, loss and metrics for ``groupings`` (``None``: baseline)."""
-        hp = self.hparams
+        net, loss = self.network, self.loss_args
         self.net: SSALModel = create_model(
-            hp.model,
-            hp.num_classes,
+            net.name,
+            self.num_classes,
             groupings,
-            in_channels=hp.in_channels,
-            positions=hp.positions,
-            layouts=hp.layouts,
-            bn_momentum=hp.bn_momentum,
-            pretrained=hp.pretrained,
+            in_channels=self.in_channels,
+            positions=net.positions,
+            layouts=net.layouts,
+            bn_momentum=net.bn_momentum,
+            pretrained=net.pretrained,
         )
         self.groupings = list(self.net.groupings)
-        self.branch_weights = self.entry.branch_weights(len(self.groupings), hp.branch_weights)
+        self.branch_weights = self.entry.branch_weights(len(self.groupings), loss.branch_weights)
         self.loss = SSALLoss(
-            self.groupings, self.branch_weights, hp.label_smoothing, hp.smoothing_convention
+            self.groupings, self.branch_weights, loss.label_smoothing, loss.smoothing_convention
         )
-        self.val_metrics = SSALMetrics(self.net.group_indices, hp.num_classes, self.alpha)
+        self.val_metrics = SSALMetrics(self.net.group_indices, self.num_classes, self.alpha)
         self._compiled = []
 
     @property
     def awaits_groupings(self) -> bool:
         """Configured with ``groupings: auto`` and not given any yet."""
-        return self.hparams.groupings == "auto" and not self.groupings
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        """``groupings: auto`` brings the callback that derives them (in Python too)."""
-        if self.hparams.groupings != "auto":
-            return []
-        from ssal.callbacks import AutoGroupings
-
-        if attached_trainer(self) is not None and any(
-            isinstance(c, AutoGroupings) for c in self.trainer.callbacks
-        ):
-            return []  # the trainer's own (``out`` chosen by the user) is kept
-        return [AutoGroupings()]
+        return self.grouping_args.auto and not self.groupings
 
     def _switch(self, name: str) -> bool:
         """A fast-path switch: its configured value, or (``None``) on where it helps (CUDA)."""
-        value = self.hparams[name]
+        value = getattr(self.speed, name)
         if value is not None:
             return bool(value)
         trainer = attached_trainer(self)
@@ -158,8 +157,10 @@ class SSALModule(L.LightningModule):
     def forward_net(self) -> nn.Module:
         """The network that runs the forward pass: ``net``, compiled once where ``compile``
         is on (the fast path's switch, or CUDA)."""
+        if self.probing:
+            return self.net
         if self._switch("compile") and not self._compiled:
-            self._compiled.append(torch.compile(self.net, mode=self.hparams.compile_mode))
+            self._compiled.append(torch.compile(self.net, mode=self.speed.compile_mode))
         return self._compiled[0] if self._compiled else self.net
 
     def forward(self, x: torch.Tensor) -> SSALOutput:
@@ -171,10 +172,15 @@ class SSALModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if attached_trainer(self) else None
         if dm is None:
             return
-        if getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
+        if getattr(dm, "num_classes", self.num_classes) != self.num_classes:
             raise UserError(
                 f"the data has {dm.num_classes} classes but the model was built for "
-                f"{self.hparams.num_classes}; set --model.num_classes {dm.num_classes}"
+                f"{self.num_classes}; set --model.num_classes {dm.num_classes}"
+            )
+        if stage == "fit" and self.awaits_groupings:
+            raise UserError(
+                "groupings: auto are derived before training: call "
+                "ssal.trainer.derive_groupings(module, datamodule) before fit (ssal fit does)"
             )
         self.class_names = list(dm.class_names)
         check_class_names(self.groupings, self.class_names)
@@ -224,7 +230,7 @@ class SSALModule(L.LightningModule):
 
     # -------------------------------------------------------------------------- recipe
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp = self.optim
         groups = parameter_groups(
             self.net,
             hp.weight_decay,
@@ -251,8 +257,8 @@ class SSALModule(L.LightningModule):
         """The model's card: everything evaluation and inference need (``ssal.card``)."""
         return ModelCard.of(
             self.net,
-            self.hparams.model,
-            self.hparams.num_classes,
+            self.network.name,
+            self.num_classes,
             self.preprocessing,
             self.input_size,
             branch_weights=self.branch_weights,

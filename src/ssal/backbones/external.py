@@ -62,7 +62,7 @@ def quarter_stages(stages: Sequence[str]) -> list[str]:
     if n < 3:
         raise UserError(
             f"found {n} stage(s) with (N, C, H, W) feature maps where SSAL's three branches need "
-            "3; give the positions by module name (--model.positions)"
+            "3; give the positions by module name (--model.network.positions)"
         )
     picks = sorted({max(0, round(n * k / 4) - 1) for k in (1, 2, 3)})
     while len(picks) < 3:  # short networks: fill from the front
@@ -166,7 +166,7 @@ def build_published(name: str, build: Callable[..., nn.Module], **kwargs: object
         raise UserError(
             f"published weights of {name} could not be loaded ({reason}); without network the "
             f"file must be in {_weights_source(name)[0]} (download it where there is network), "
-            "or give --model.pretrained PATH"
+            "or give --model.network.pretrained PATH"
         ) from None
 
 

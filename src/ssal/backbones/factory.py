@@ -74,7 +74,8 @@ def _backbone(
     if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
         if network.pretrained_build is None:
             raise UserError(
-                f"{entry.name} has no published weights; give a file: --model.pretrained PATH"
+                f"{entry.name} has no published weights; give a file: "
+                "--model.network.pretrained PATH"
             )
         return network.pretrained_build(num_classes=num_classes, in_channels=in_channels)
     kwargs = {**(network.ssal_build if branched else {}), **backbone_kwargs}

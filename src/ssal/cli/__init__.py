@@ -35,7 +35,7 @@ def build_parser() -> Parser:
         description="Self-Supervised Autogenous Learning for PyTorch: classifiers with coarse "
         "auxiliary branches and joint prediction.",
         epilog="Each command has --help. Options are --kebab-case, except for fit, validate and "
-        "test, which take Lightning's config keys (--trainer.max_epochs 10, --model.lr 0.05, "
+        "test, which take Lightning's config keys (--trainer.max_epochs 10, --model.optim.lr 0.05, "
         "--data.init_args.data_dir DIR).",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
