@@ -293,3 +293,9 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same(tmp_path, capsys):
             assert a[head]["prob"] == pytest.approx(b[head]["prob"], abs=1e-4)
         assert [x["group"] for x in a["branches"]] == [x["group"] for x in b["branches"]]
         assert a["consistent"] == b["consistent"]
+    # evaluation needs the weights: an ONNX export is one line saying so, nothing written
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--json", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an ONNX export, which only `ssal predict` runs" in err[0]
+    assert not (tmp_path / "e.json").exists()

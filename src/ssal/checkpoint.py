@@ -118,6 +118,11 @@ def _read_export(folder: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if (folder / EXPORT_ONNX).is_file() and not (folder / EXPORT_WEIGHTS).is_file():
+        raise UserError(
+            f"{folder}: an ONNX export, which only `ssal predict` runs; evaluate, report and "
+            "group need the checkpoint, or a weights export (ssal export without --format onnx)"
+        )
     card, weights = _export_card(folder, EXPORT_WEIGHTS), folder / EXPORT_WEIGHTS
     try:
         state = load_file(str(weights))
