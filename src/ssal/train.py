@@ -24,10 +24,11 @@ from ssal.args import (
     as_plain,
     coerce,
 )
-from ssal.backbones import create_model, get_entry
+from ssal.backbones import create_model, default_groupings, get_entry
 from ssal.card import ModelCard, Preprocessing
 from ssal.checkpoint import CHECKPOINT_KEY
 from ssal.errors import UserError
+from ssal.files import squeeze
 from ssal.grouping import Grouping, check_class_names, groupings_from_spec
 from ssal.lightning_adapter import attached_trainer
 from ssal.loss import SSALLoss
@@ -140,6 +141,42 @@ class SSALModule(L.LightningModule):
         self.val_metrics = SSALMetrics(self.net.group_indices, self.num_classes, self.alpha)
         self._compiled = []
 
+    def check_runs_on(self, channels: int, size: int | None) -> None:
+        """Build the SSAL model (placeholder groupings of the sizes ``groupings: auto`` will
+        derive, where it waits for them) on the ``meta`` device and run one batch of the data's
+        images through it, before anything trains: positions that give no feature map, layouts
+        that do not fit and an image size the backbone does not take are one ``UserError``
+        line here, not a traceback after a probe has trained. Nothing is allocated."""
+        groupings = self.groupings
+        if not groupings and self.grouping_args.auto:
+            sizes = self.grouping_args.auto_groups or self.entry.group_sizes(self.num_classes)
+            groupings = default_groupings(self.num_classes, sizes)
+        net = self.network
+        side = f"{size} x {size}" if size else "x".join(map(str, self.net.input_size[1:]))
+        try:
+            with torch.device("meta"):
+                trial = create_model(
+                    net.name,
+                    self.num_classes,
+                    groupings or None,
+                    in_channels=channels,
+                    positions=net.positions,
+                    layouts=net.layouts,
+                )
+                shape = (2, channels, size, size) if size else (2, *trial.input_size)
+                trial.eval()(torch.empty(shape))
+        except UserError:
+            raise
+        except NotImplementedError:  # an operation without a meta kernel: nothing to check
+            return
+        except Exception as e:  # what the backbone says of an input it does not take
+            raise UserError(
+                f"{net.name} with its SSAL branches does not run on {channels}-channel "
+                f"{side} images ({squeeze(e)[:200]}); give an image size it takes "
+                f"(--data.init_args.image_size; its own is "
+                f"{'x'.join(map(str, self.entry.network.input_size[1:]))})"
+            ) from None
+
     @property
     def awaits_groupings(self) -> bool:
         """Configured with ``groupings: auto`` and not given any yet."""
@@ -177,11 +214,13 @@ class SSALModule(L.LightningModule):
                 f"the data has {dm.num_classes} classes but the model was built for "
                 f"{self.num_classes}; set --model.num_classes {dm.num_classes}"
             )
-        if stage == "fit" and self.awaits_groupings:
+        if stage == "fit" and self.awaits_groupings and not self.probing:
             raise UserError(
                 "groupings: auto are derived before training: call "
                 "ssal.trainer.derive_groupings(module, datamodule) before fit (ssal fit does)"
             )
+        if stage == "fit" and not self.probing:
+            self.check_runs_on(int(dm.in_channels), getattr(dm, "image_size", None))
         self.class_names = list(dm.class_names)
         check_class_names(self.groupings, self.class_names)
         self.preprocessing = dm.preprocessing()
