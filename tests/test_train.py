@@ -1,6 +1,8 @@
 import csv
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -335,3 +337,38 @@ def test_fit_limited_to_a_few_batches_still_logs_the_loss(tmp_path, cifar_dir):
                    "--trainer.limit_val_batches", "1")  # fmt: skip
     losses = read_metrics_csv(run / "metrics.csv")["train/loss"]
     assert len(losses["step"]) >= 4  # 2 epochs x 3 steps, one row a step
+
+
+@pytest.mark.parametrize(
+    "network, said",
+    [
+        ({"positions": ["block1", "nowhere", "block3"]}, "no module named 'nowhere'"),
+        ({"layouts": ["cbr(32,3) gap", "gap"]}, "2 layouts for 3 branches"),
+    ],
+)
+def test_a_model_that_cannot_be_built_fails_before_the_probe_trains(tmp_path, network, said):
+    """groupings: auto with branches that cannot be built: one line, in seconds, before the
+    probe trains (no probe line, no groupings.json, no run folder)."""
+    import time
+
+    from tests.conftest import write_tiny_config
+    from tests.test_data import write_cifar100
+
+    write_cifar100(tmp_path / "data", n_train=60, n_test=10)
+    config = write_tiny_config(
+        tmp_path / "c.yaml",
+        tmp_path / "data",
+        trainer={"default_root_dir": str(tmp_path / "out")},
+        model={"network": network, "groupings": {"source": "auto", "probe_epochs": 1}},
+    )
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "ssal.cli", "fit", "--config", str(config)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    # under 10 s on an idle 2-core machine, start-up included; loose here for loaded CI runners
+    assert time.perf_counter() - start < 60
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("ssal: error: ")
+    assert said in lines[0] and "probe" not in done.stderr
+    assert not list(tmp_path.rglob("groupings.json"))
