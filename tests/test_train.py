@@ -342,8 +342,7 @@ def test_fit_limited_to_a_few_batches_still_logs_the_loss(tmp_path, cifar_dir):
 @pytest.mark.parametrize(
     "network, said",
     [
-        ({"positions": ["block1", "nowhere", "block3"]}, "no module named 'nowhere'"),
-        ({"layouts": ["cbr(32,3) gap", "gap"]}, "2 layouts for 3 branches"),
+        ({"positions": ["group1.0", "nowhere", "group2"]}, "no module named 'nowhere'"),
     ],
 )
 def test_a_model_that_cannot_be_built_fails_before_the_probe_trains(tmp_path, network, said):

@@ -78,6 +78,8 @@ def derive_groupings(
     """
     args = module.grouping_args
     epochs = args.probe_epochs
+    # the SSAL model it leads to must build and run on the data: found now, not after training
+    module.check_runs_on(int(datamodule.in_channels), getattr(datamodule, "image_size", None))
     log.log(
         NOTE,
         "probe: training %s without branches for %d epoch%s to group its confusion",
