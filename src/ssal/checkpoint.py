@@ -244,6 +244,11 @@ def _description_problem(info: dict[str, Any]) -> str | None:
     return _preprocessing_problem(info.get("preprocessing"), channels)
 
 
+def _square_side(size: Sequence[int]) -> int | None:
+    """The side of ``[C, H, W]`` where H == W (what a backbone built for one size takes)."""
+    return int(size[-1]) if int(size[-2]) == int(size[-1]) else None
+
+
 def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
     model = create_model(
         info["model"],
@@ -252,6 +257,7 @@ def _build(info: dict[str, Any], groupings: list[Grouping]) -> SSALModel:
         in_channels=info["in_channels"],
         positions=info["positions"] or None,
         layouts=info["layouts"] or None,
+        image_size=_square_side(info["input_size"]),
     )
     model.input_size = tuple(int(v) for v in info["input_size"])  # the size it trained at
     return model

@@ -130,6 +130,7 @@ class SSALModule(L.LightningModule):
             layouts=hp.layouts,
             bn_momentum=hp.bn_momentum,
             pretrained=hp.pretrained,
+            image_size=self._sized_side(),
         )
         self.groupings = list(self.net.groupings)
         self.branch_weights = self.entry.branch_weights(len(self.groupings), hp.branch_weights)
@@ -138,6 +139,17 @@ class SSALModule(L.LightningModule):
         )
         self.val_metrics = SSALMetrics(self.net.group_indices, hp.num_classes, self.alpha)
         self._compiled = []
+
+    def _sized_side(self) -> int | None:
+        """The side of the images, where the backbone is built for one size (ViT, Swin)."""
+        size = getattr(self, "input_size", None)
+        return int(size[-1]) if size and self.entry.network.sized else None
+
+    def _fit_image_size(self) -> None:
+        """Rebuild a backbone built for one image size when the data's size is another."""
+        side = self._sized_side()
+        if side is not None and tuple(self.net.input_size[1:]) != (side, side):
+            self.set_groupings(self.groupings or None)
 
     @property
     def awaits_groupings(self) -> bool:
@@ -191,6 +203,7 @@ class SSALModule(L.LightningModule):
         self.data_config = dm.describe()
         size = getattr(dm, "image_size", None)
         self.input_size = [int(dm.in_channels), int(size), int(size)] if size else None
+        self._fit_image_size()
         if self._switch("channels_last"):
             self.net.to(memory_format=torch.channels_last)
 
@@ -275,12 +288,14 @@ class SSALModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get(CHECKPOINT_KEY) or {}
+        self.input_size = info.get("input_size")
         groupings = groupings_of(info) if info.get("groupings") else []
         if [g.assignment.tolist() for g in groupings] != [
             g.assignment.tolist() for g in self.groupings
         ]:
             self.set_groupings(groupings or None)
+        else:
+            self._fit_image_size()  # the size it trained at
         self.class_names = info.get("class_names")
         self.preprocessing = info.get("preprocessing")
         self.data_config = info.get("data")
-        self.input_size = info.get("input_size")
