@@ -498,7 +498,9 @@ def _add_block(
         where = "after gap" if form == "vector" else "on tokens: start the layout with it"
         raise ValueError(f"block {block} needs a feature map, but it comes {where}")
     if block.name == "dense" and form != "vector":
-        raise ValueError(f"block {block} needs a vector: put gap (or attnpool) before it")
+        raise ValueError(
+            f"block {block} needs a vector: put gap before it (or attnpool, for tokens)"
+        )
     module, c = kind.build(style, c, *block.args)
     return module, c, "vector" if block.name == "gap" else form
 
