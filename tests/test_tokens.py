@@ -134,3 +134,73 @@ def test_gradient_checkpointing_reads_once_and_trains_to_the_same_loss():
         return losses
 
     assert run(True) == pytest.approx(run(False), rel=1e-5, abs=1e-6)
+
+
+# the README's table: each family at a small size (ImageNet branches' grid reductions need a
+# 16 x 16 first stage: 64 px for hierarchical backbones), random weights
+FAMILIES = {
+    "timm/vit_tiny_patch16_224": 32,
+    "timm/deit_tiny_distilled_patch16_224": 32,
+    "timm/vit_pwee_patch16_reg1_gap_256": 32,
+    "timm/eva02_tiny_patch14_224": 28,
+    "timm/swin_tiny_patch4_window7_224": 64,
+    "timm/convnext_atto": 64,
+    "timm/maxvit_pico_rw_256": 64,
+    "timm/efficientnet_b0": 64,
+    "timm/mobilenetv3_small_050": 64,
+    "timm/regnetx_002": 64,
+    "timm/mambaout_femto": 64,
+    "torchvision/vit_b_16": 32,
+    "torchvision/swin_t": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from tests.test_data import write_image_folder
+
+    root = tmp_path_factory.mktemp("images")
+    write_image_folder(root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_fits_exports_and_predicts_from_the_export(name, folder, tmp_path):
+    import json
+
+    import yaml
+
+    from ssal.cli import main
+    from ssal.grouping import Grouping, save_groupings
+
+    pytest.importorskip("onnxruntime")
+    size = FAMILIES[name]
+    groupings = save_groupings(tmp_path / "g.json", [Grouping([0, 1]), Grouping([1, 0])])
+    data = {"data_dir": str(folder), "image_size": size, "batch_size": 4, "eval_batch_size": 4,
+            "num_workers": 0, "heldout": 0}  # fmt: skip
+    config = {
+        "trainer": {"max_steps": 1, "accelerator": "cpu", "default_root_dir": str(tmp_path)},
+        "data": {"class_path": "ssal.data.ImageFolderDataModule", "init_args": data},
+        "model": {"model": name, "groupings": str(groupings), "lr": 0.01, "warmup_epochs": 1},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 0
+    ckpt = tmp_path / "runs/ssal/version_0/checkpoints/last.ckpt"
+    model, info = ssal.load_checkpoint(ckpt)
+    assert info["positions"] == list(ssal.get_entry(name).branches.positions[1:])
+    assert info["input_size"] == [3, size, size]
+    export = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(export), "--format",
+                 "onnx"]) == 0  # fmt: skip
+    images = sorted(str(p) for p in (folder / "val").rglob("*.png"))
+    docs = []
+    for source in (ckpt, export):
+        out = tmp_path / f"{source.name}.jsonl"
+        assert main(["predict", "--checkpoint", str(source), *images, "--out", str(out)]) == 0
+        docs.append([json.loads(line) for line in out.read_text().splitlines()])
+    for a, b in zip(*docs, strict=True):
+        assert a["joint"]["prob"] == pytest.approx(b["joint"]["prob"], abs=1e-4)
+        assert [x["prob"] for x in a["branches"]] == pytest.approx(
+            [x["prob"] for x in b["branches"]], abs=1e-4
+        )
