@@ -171,8 +171,17 @@ def folder(tmp_path_factory):
     return root
 
 
+# timm's MaxViT fits and predicts, but its window partition (a view over the batch) does not
+# export with a dynamic batch dimension (torch.export): strict, so a fixed export shows up
+MAXVIT_EXPORT = pytest.mark.xfail(
+    reason="timm's MaxViT does not export to ONNX with a dynamic batch", strict=True
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=MAXVIT_EXPORT) if "maxvit" in n else n for n in FAMILIES]
+)
 def test_family_fits_exports_and_predicts_from_the_export(name, folder, tmp_path):
     import json
 
