@@ -13,11 +13,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ssal"
 # lowest first; a module may import its own layer and the ones before it (ARCHITECTURE.md)
 LAYERS = {
     "method": [
-        "ssal", "ssal.files", "ssal.grouping", "ssal.conventions", "ssal.layouts", "ssal.model",
-        "ssal.loss", "ssal.predict", "ssal.analysis", "ssal.scores", "ssal.recipe", "ssal.runs",
-        "ssal.backbones", "ssal.data", "ssal.data.arrays", "ssal.data.readers",
-        "ssal.data.safe_pickle", "ssal.data.splits", "ssal.data.transforms", "ssal.data.decoding",
-        "ssal.data.loaders",
+        "ssal", "ssal.files", "ssal.grouping", "ssal.conventions", "ssal.layouts", "ssal.features",
+        "ssal.model", "ssal.loss", "ssal.predict", "ssal.analysis", "ssal.scores", "ssal.recipe",
+        "ssal.runs", "ssal.backbones", "ssal.backbones.transformers", "ssal.data",
+        "ssal.data.arrays", "ssal.data.readers", "ssal.data.safe_pickle", "ssal.data.splits",
+        "ssal.data.transforms", "ssal.data.decoding", "ssal.data.loaders",
         "ssal.card", "ssal.checkpoint", "ssal.inference", "ssal.evaluate", "ssal.errors",
         "ssal.config_files", "ssal.args",
     ],

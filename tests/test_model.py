@@ -73,7 +73,7 @@ def test_bad_position_suggests_names():
 
 def test_unused_or_flat_position_errors():
     backbone = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(2 * 16, 3))
-    with pytest.raises(ValueError, match=r"need \(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"branches read \(N, C, H, W\) feature maps"):
         SSALModel(backbone, [BranchSpec("2", "gap", [0, 1, 1])], input_size=(1, 4, 4))
 
 

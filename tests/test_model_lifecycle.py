@@ -15,6 +15,13 @@ BIG = [n for n in ssal.list_models() if n not in TINY]
 # the families of `ssal models` beyond the listed names (wrn-D-W and the like build listed
 # models' classes): timm's and torchvision's backbones by name
 EXTERNAL = ["torchvision/resnet18", "timm/resnet18", "timm/convnext_atto"]
+# transformers at small sizes: tokens (ViT, two prefix tokens in DeiT) and channels-last
+# (Swin; 64 px: the ImageNet branches' grid reductions need 16 x 16 maps at the first stage)
+TRANSFORMERS = {
+    "timm/vit_tiny_patch16_224": 32,
+    "timm/deit_tiny_distilled_patch16_224": 32,
+    "timm/swin_tiny_patch4_window7_224": 64,
+}
 
 
 def external(name: str) -> str:
@@ -23,11 +30,12 @@ def external(name: str) -> str:
     return name
 
 
-def build(name: str) -> ssal.SSALModel:
+def build(name: str, image_size: int | None = None) -> ssal.SSALModel:
     entry = ssal.get_entry(name)
     classes = 1000 if name.endswith("imagenet") else 100 if name not in TINY else 10
     sizes = entry.paper.groups if max(entry.paper.groups) < classes else (2, 3, 5)
-    return ssal.create_model(name, classes, default_groupings(classes, sizes))
+    groupings = default_groupings(classes, sizes)
+    return ssal.create_model(name, classes, groupings, image_size=image_size)
 
 
 def batch(model: ssal.SSALModel, n: int) -> torch.Tensor:
@@ -48,7 +56,13 @@ def check_lifecycle(model: ssal.SSALModel) -> None:
         got = outputs(twin(x))
         assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
         assert all(t is None for t in model._taps) and all(t is None for t in twin._taps)
-        model.backbone(x)  # hooks of the original fill the original's taps only
+        model.backbone(
+            x
+        )  # outside forward (a checkpointed module run again) the hooks keep nothing
+        assert all(t is None for t in model._taps)
+        model._reading[0] = True  # while forward reads, the original's hooks fill its taps only
+        model.backbone(x)
+        model._reading[0] = False
         assert all(t is not None for t in model._taps)
         assert all(t is None for t in twin._taps)
         model._taps = [None] * len(model._taps)
@@ -124,3 +138,12 @@ def test_paper_models_trace_without_graph_breaks(name):
 @pytest.mark.parametrize("name", EXTERNAL)
 def test_external_models_trace_without_graph_breaks(name):
     dynamo_fullgraph(build(external(name)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_transformers_copy_pickle_average_and_trace(name):
+    torch.manual_seed(0)
+    model = build(external(name), image_size=TRANSFORMERS[name])
+    check_lifecycle(model)
+    dynamo_fullgraph(model)

@@ -228,6 +228,8 @@ class ModelCard:
             in_channels=self.in_channels,
             positions=list(self.positions) or None,
             layouts=list(self.layouts) or None,
+            # a backbone built for one size (ViT, Swin) is built for the size it trained at
+            image_size=self.input_size[1] if self.input_size[1] == self.input_size[2] else None,
         )
         model.input_size = self.input_size  # the size it trained at
         return model

@@ -24,9 +24,21 @@ Blocks (arguments in brackets, defaults after ``=``):
   width scaled by ``w`` (256, 256 and 748 channels out at the defaults). As theirs: D's
   stride-2 convolutions and max pool are unpadded (an n-pixel map becomes ``(n - 3) // 2 + 1``),
   C's and E's 3x3 average pools count the zero padding.
-- ``gap``: global average pool to a vector.
+- ``gap``: global average pool to a vector (of tokens: the mean of the patch tokens).
 - ``dense(n)``: fully connected n units + ReLU (needs ``gap`` before it).
 - ``dropout(p)``: dropout with probability p.
+
+Token blocks read ``(N, L, C)`` token sequences whose first tokens are the backbone's prefix
+tokens (class, distillation, register tokens; ``ssal.features``). A layout that starts with
+one reads tokens; the others read the patch grid as an ``(N, C, H, W)`` map:
+
+- ``ln``: layer norm over the channels of every token.
+- ``tblock(h=0, r=2)``: a pre-norm transformer block (h-head self-attention, an MLP r times
+  as wide as the tokens, both residual); ``h=0``: one head per 64 channels.
+- ``attnpool(h=0)``: attention pooling to a vector: a query (the class token where there is
+  one, else the mean token, plus a learned offset) attends over every token with h heads,
+  then layer norm.
+- ``cls``: the first prefix token as the vector.
 
 Input channels are given when the branch is built (the model infers them from the backbone);
 every branch ends in a linear layer to its number of groups, and gets a ``gap`` first when the
@@ -46,7 +58,16 @@ from torch import nn
 from ssal.conventions import KERAS_NORM, Norm, Style
 from ssal.errors import UserError
 
-__all__ = ["BLOCKS", "STYLES", "Block", "BlockKind", "build_branch", "parse_layout", "split_style"]
+__all__ = [
+    "BLOCKS",
+    "STYLES",
+    "Block",
+    "BlockKind",
+    "build_branch",
+    "parse_layout",
+    "reads_tokens",
+    "split_style",
+]
 
 STYLES: dict[str, Style] = {
     "torch": Style(),
@@ -260,11 +281,108 @@ def _dropout(style: Style, c_in: int, p: float) -> tuple[nn.Module, int]:
     return nn.Dropout(p), c_in
 
 
+def _heads(c: int, heads: float) -> int:
+    h = int(heads) or max(1, c // 64)
+    if c % h:
+        raise UserError(f"{h} attention heads do not divide {c} channels; give heads that do")
+    return h
+
+
+class _Attention(nn.Module):
+    """Multi-head attention of ``queries`` over ``tokens`` written out in matrix products
+    (every exporter and compiler reads it)."""
+
+    def __init__(self, c: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.out = nn.Linear(c, c), nn.Linear(c, 2 * c), nn.Linear(c, c)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n, lq, c = queries.shape
+        d = c // self.heads
+        q = self.q(queries).reshape(n, lq, self.heads, d).transpose(1, 2)
+        k, v = self.kv(tokens).reshape(n, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) * d**-0.5, dim=-1)
+        return self.out((weights @ v).transpose(1, 2).reshape(n, lq, c))
+
+
+class _TokenBlock(nn.Module):
+    """A pre-norm transformer block: self-attention and an MLP, each residual."""
+
+    def __init__(self, c: int, heads: int, ratio: float) -> None:
+        super().__init__()
+        hidden = max(1, round(c * ratio))
+        self.norm1, self.attn = nn.LayerNorm(c), _Attention(c, heads)
+        self.norm2 = nn.LayerNorm(c)
+        self.mlp = nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y)
+        return x + self.mlp(self.norm2(x))
+
+
+class _AttentionPool(nn.Module):
+    """Tokens to one vector: the class token (or, without prefix tokens, the mean token) plus
+    a learned offset attends over all tokens; layer norm after."""
+
+    def __init__(self, c: int, heads: int, prefix: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.offset = nn.Parameter(torch.zeros(1, 1, c))
+        self.norm_in, self.attn, self.norm = nn.LayerNorm(c), _Attention(c, heads), nn.LayerNorm(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm_in(x)
+        query = x[:, :1] if self.prefix else x.mean(dim=1, keepdim=True)
+        return self.norm(self.attn(query + self.offset, x)[:, 0])
+
+
+class _PatchMean(nn.Module):
+    """The mean of the patch tokens (the prefix tokens left out)."""
+
+    def __init__(self, prefix: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.prefix :].mean(dim=1)
+
+
+class _First(nn.Module):
+    """The first prefix token."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+def _ln(style: Style, c_in: int, prefix: int = 0) -> tuple[nn.Module, int]:
+    return nn.LayerNorm(c_in), c_in
+
+
+def _tblock(
+    style: Style, c_in: int, heads: float = 0, ratio: float = 2, prefix: int = 0
+) -> tuple[nn.Module, int]:
+    return _TokenBlock(c_in, _heads(c_in, heads), ratio), c_in
+
+
+def _attnpool(style: Style, c_in: int, heads: float = 0, prefix: int = 0) -> tuple[nn.Module, int]:
+    return _AttentionPool(c_in, _heads(c_in, heads), prefix), c_in
+
+
+def _cls(style: Style, c_in: int, prefix: int = 0) -> tuple[nn.Module, int]:
+    if not prefix:
+        raise UserError("block cls needs a prefix token (a class token), and there is none")
+    return _First(), c_in
+
+
 @dataclass(frozen=True)
 class BlockKind:
     """What a block name builds: ``build(style, c_in, *args) -> (module, c_out)``; how many
     arguments it takes, which must be whole numbers (``ints``) and which may be 0
-    (``zero_ok``; the others must be positive); whether it needs an (N, C, H, W) input."""
+    (``zero_ok``; the others must be positive); whether it needs an (N, C, H, W) input, and
+    whether it reads tokens (``tokens``: built with the number of prefix tokens) and which of
+    those pool them to a vector (``pools``)."""
 
     build: Callable[..., tuple[nn.Module, int]]
     min_args: int = 0
@@ -272,6 +390,8 @@ class BlockKind:
     ints: tuple[int, ...] = ()
     zero_ok: tuple[int, ...] = ()
     spatial: bool = True
+    tokens: bool = False
+    pools: bool = False
 
 
 BLOCKS: dict[str, BlockKind] = {
@@ -283,6 +403,12 @@ BLOCKS: dict[str, BlockKind] = {
     "gap": BlockKind(_gap),
     "dense": BlockKind(_dense, 1, 1, ints=(0,), spatial=False),
     "dropout": BlockKind(_dropout, 1, 1, zero_ok=(0,), spatial=False),
+    "ln": BlockKind(_ln, spatial=False, tokens=True),
+    "tblock": BlockKind(_tblock, 0, 2, ints=(0,), zero_ok=(0,), spatial=False, tokens=True),
+    "attnpool": BlockKind(
+        _attnpool, 0, 1, ints=(0,), zero_ok=(0,), spatial=False, tokens=True, pools=True
+    ),
+    "cls": BlockKind(_cls, spatial=False, tokens=True, pools=True),
 }
 
 _STYLE = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\s*:(.*)\Z", re.DOTALL)
@@ -345,16 +471,53 @@ def parse_layout(text: str | Sequence[str]) -> list[Block]:
     return blocks
 
 
+def reads_tokens(layout: str | Sequence[Block]) -> bool:
+    """Whether a branch of ``layout`` reads ``(N, L, C)`` tokens: it starts with a token block."""
+    blocks = parse_layout(layout) if isinstance(layout, str) else list(layout)
+    return bool(blocks) and BLOCKS[blocks[0].name].tokens
+
+
+def _add_block(
+    block: Block, style: Style, c: int, form: str, prefix: int
+) -> tuple[nn.Module, int, str]:
+    """One block of a branch reading ``form`` (``grid``, ``tokens`` or ``vector``): the
+    module, its channels out and the form it leaves."""
+    kind = BLOCKS[block.name]
+    if kind.tokens:
+        if form != "tokens":
+            raise UserError(
+                f"block {block} reads tokens: token blocks come first in a layout, before "
+                "the blocks that pool them"
+            )
+        module, c = kind.build(style, c, *block.args, prefix=prefix)
+        return module, c, "vector" if kind.pools else "tokens"
+    if block.name == "gap" and form == "tokens":
+        return _PatchMean(prefix), c, "vector"
+    if kind.spatial and form != "grid":
+        where = "after gap" if form == "vector" else "on tokens: start the layout with it"
+        raise UserError(f"block {block} needs a feature map, but it comes {where}")
+    if block.name == "dense" and form != "vector":
+        raise UserError(
+            f"block {block} needs a vector: put gap before it (or attnpool, for tokens)"
+        )
+    module, c = kind.build(style, c, *block.args)
+    return module, c, "vector" if block.name == "gap" else form
+
+
 def build_branch(
     layout: str | Sequence[Block],
     in_channels: int,
     num_groups: int,
     style: str | Style | None = None,
+    prefix_tokens: int = 0,
 ) -> nn.Sequential:
-    """Build a branch: the layout's blocks, a ``gap`` if still spatial, a linear to the groups,
-    all made in ``style`` (default: the layout's style prefix, else ``torch``).
+    """Build a branch: the layout's blocks, a ``gap`` if still spatial (or still tokens), a
+    linear to the groups, all made in ``style`` (default: the layout's style prefix, else
+    ``torch``).
 
-    Input ``(N, in_channels, H, W)``; output logits ``(N, num_groups)``.
+    Input ``(N, in_channels, H, W)``, or ``(N, L, in_channels)`` tokens whose first
+    ``prefix_tokens`` are prefix tokens where the layout starts with a token block; output
+    logits ``(N, num_groups)``.
     """
     name = split_style(layout)[0] if isinstance(layout, str) else "torch"
     blocks = parse_layout(layout) if isinstance(layout, str) else list(layout)
@@ -366,17 +529,12 @@ def build_branch(
             f"branch needs positive channels and groups, got {in_channels}, {num_groups}"
         )
     layers: list[nn.Module] = []
-    c, spatial = in_channels, True
+    c, form = in_channels, "tokens" if reads_tokens(blocks) else "grid"
     for block in blocks:
-        if BLOCKS[block.name].spatial and not spatial:
-            raise UserError(f"block {block} needs a feature map, but it comes after gap")
-        if block.name == "dense" and spatial:
-            raise UserError(f"block {block} needs a vector: put gap before it")
-        module, c = BLOCKS[block.name].build(style, c, *block.args)
+        module, c, form = _add_block(block, style, c, form, prefix_tokens)
         layers.append(module)
-        spatial = spatial and block.name != "gap"
-    if spatial:
-        module, c = _gap(style, c)
+    if form != "vector":
+        module, c, form = _add_block(Block("gap"), style, c, form, prefix_tokens)
         layers.append(module)
     layers.append(nn.Linear(c, num_groups))
     return style.initialize(nn.Sequential(*layers))

@@ -18,12 +18,11 @@ import torch
 from torch import nn
 
 from ssal.errors import UserError
+from ssal.features import FeatureRead, parse_position, settle_read
 from ssal.grouping import Grouping, as_grouping
-from ssal.layouts import build_branch
+from ssal.layouts import build_branch, reads_tokens
 
 __all__ = ["BranchSpec", "SSALModel", "SSALOutput", "group_index_name", "resolve_position"]
-
-INPUT_SUFFIX = ":input"
 
 
 def group_index_name(branch: int) -> str:
@@ -44,7 +43,9 @@ class BranchSpec:
     """Where a branch reads (a backbone module name), what it is (a layout), what it predicts.
 
     ``position`` is the dotted name of a backbone module whose output the branch reads; append
-    ``":input"`` to read the module's input instead. ``in_channels`` is inferred when ``None``.
+    ``":input"`` to read the module's input instead, and ``":nchw"``, ``":nhwc"`` or
+    ``":tokens"`` to say how the tensor is laid out (``ssal.features``). ``in_channels`` is
+    inferred when ``None``.
     """
 
     position: str
@@ -55,9 +56,8 @@ class BranchSpec:
 
 def resolve_position(backbone: nn.Module, position: str) -> tuple[nn.Module, bool]:
     """Module named by ``position`` and whether its input (not output) is meant."""
-    name, use_input = position, False
-    if name.endswith(INPUT_SUFFIX):
-        name, use_input = name[: -len(INPUT_SUFFIX)], True
+    parsed = parse_position(position)
+    name, use_input = parsed.module, parsed.use_input
     names = [n for n, _ in backbone.named_modules() if n]
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
@@ -87,21 +87,13 @@ class SSALModel(nn.Module):
         self.layouts = [b.layout for b in branches]
         self.groupings = [as_grouping(b.grouping) for b in branches]
         self._taps: list[torch.Tensor | None] = [None] * len(branches)
+        # a list, not a bool: the hooks read it and dynamo traces list items as constants
+        self._reading = [False]
         targets = [resolve_position(backbone, b.position) for b in branches]
-
-        channels = [b.in_channels for b in branches]
-        if any(c is None for c in channels):
-            shapes = self._probe_shapes(targets)
-            for i, shape in enumerate(shapes):
-                if len(shape) != 4:
-                    raise UserError(
-                        f"branch at {self.positions[i]!r} sees a tensor of shape {tuple(shape)}; "
-                        "SSAL branches need (N, C, H, W) feature maps"
-                    )
-                channels[i] = channels[i] or shape[1]
+        self.reads = self._settle_reads(branches, targets)
         self.branches = nn.ModuleList(
-            build_branch(b.layout, int(c), g.num_groups)
-            for b, c, g in zip(branches, channels, self.groupings, strict=True)
+            build_branch(b.layout, r.channels, g.num_groups, prefix_tokens=r.prefix)
+            for b, r, g in zip(branches, self.reads, self.groupings, strict=True)
         )
         for i, g in enumerate(self.groupings):
             # a copy: loading weights into the buffer must never change the Grouping
@@ -115,11 +107,41 @@ class SSALModel(nn.Module):
             else:
                 module.register_forward_hook(functools.partial(self._keep_output, i))
 
+    def _settle_reads(
+        self, branches: Sequence[BranchSpec], targets: list[tuple[nn.Module, bool]]
+    ) -> list[FeatureRead]:
+        """How each branch reads its tensor (``ssal.features.settle_read``), from one probe
+        pass; a branch given ``in_channels`` of an NCHW position needs no probe."""
+        wants = [reads_tokens(b.layout) for b in branches]
+        known = [
+            b.in_channels is not None and parse_position(b.position).fmt in (None, "nchw")
+            for b in branches
+        ]
+        shapes = self._probe_shapes(targets) if not all(known) else []
+        reads = []
+        for i, b in enumerate(branches):
+            if known[i]:
+                reads.append(FeatureRead(b.position, "nchw", int(b.in_channels), tokens=wants[i]))
+                continue
+            read = settle_read(self.backbone, b.position, shapes[i], self.input_size[1:], wants[i])
+            if b.in_channels is not None and b.in_channels != read.channels:
+                raise UserError(
+                    f"branch at {b.position!r} was given in_channels={b.in_channels} but its "
+                    f"tensor of shape {tuple(shapes[i])} has {read.channels} channels"
+                )
+            reads.append(read)
+        return reads
+
+    # The hooks keep a tensor only while ``forward`` runs the backbone: modules that gradient
+    # checkpointing runs again in the backward pass fire their hooks again, and those calls
+    # must neither replace what the branches read nor keep feature maps alive after the step.
     def _keep_input(self, i: int, _module: nn.Module, args: tuple) -> None:
-        self._taps[i] = args[0]
+        if self._reading[0]:
+            self._taps[i] = args[0]
 
     def _keep_output(self, i: int, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-        self._taps[i] = output
+        if self._reading[0]:
+            self._taps[i] = output
 
     @torch.no_grad()
     def _probe_shapes(self, targets: list[tuple[nn.Module, bool]]) -> list[torch.Size]:
@@ -159,13 +181,24 @@ class SSALModel(nn.Module):
         return [getattr(self, group_index_name(i)) for i in range(self.num_branches)]
 
     def forward(self, x: torch.Tensor) -> SSALOutput:
-        logits = self.backbone(x)
         if not self.branches:
-            return SSALOutput(logits, ())
+            return SSALOutput(self.backbone(x), ())
+        self._reading[0] = True
+        logits = self.backbone(x)
+        self._reading[0] = False
         taps = list(self._taps)
         for i in range(len(self._taps)):
             self._taps[i] = None  # do not keep feature maps alive between calls
-        return SSALOutput(logits, tuple(b(t) for b, t in zip(self.branches, taps, strict=True)))
+        missing = [self.positions[i] for i, t in enumerate(taps) if t is None]
+        if missing:
+            raise RuntimeError(f"branch positions {missing} were not called in this forward pass")
+        return SSALOutput(
+            logits,
+            tuple(
+                b(r.read(t))  # type: ignore[arg-type]
+                for b, r, t in zip(self.branches, self.reads, taps, strict=True)
+            ),
+        )
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts: ``backbone``, ``branches`` and ``total``."""

@@ -132,6 +132,7 @@ class SSALModule(L.LightningModule):
             layouts=net.layouts,
             bn_momentum=net.bn_momentum,
             pretrained=net.pretrained,
+            image_size=self._sized_side(),
         )
         self.groupings = list(self.net.groupings)
         self.branch_weights = self.entry.branch_weights(len(self.groupings), loss.branch_weights)
@@ -162,6 +163,7 @@ class SSALModule(L.LightningModule):
                     in_channels=channels,
                     positions=net.positions,
                     layouts=net.layouts,
+                    image_size=size if self.entry.network.sized else None,
                 )
                 shape = (2, channels, size, size) if size else (2, *trial.input_size)
                 trial.eval()(torch.empty(shape))
@@ -176,6 +178,17 @@ class SSALModule(L.LightningModule):
                 f"(--data.init_args.image_size; its own is "
                 f"{'x'.join(map(str, self.entry.network.input_size[1:]))})"
             ) from None
+
+    def _sized_side(self) -> int | None:
+        """The side of the images, where the backbone is built for one size (ViT, Swin)."""
+        size = getattr(self, "input_size", None)
+        return int(size[-1]) if size and self.entry.network.sized else None
+
+    def _fit_image_size(self) -> None:
+        """Rebuild a backbone built for one image size when the data's size is another."""
+        side = self._sized_side()
+        if side is not None and tuple(self.net.input_size[1:]) != (side, side):
+            self.set_groupings(self.groupings or None)
 
     @property
     def awaits_groupings(self) -> bool:
@@ -227,6 +240,7 @@ class SSALModule(L.LightningModule):
         self.data_config = dm.describe()
         size = getattr(dm, "image_size", None)
         self.input_size = [int(dm.in_channels), int(size), int(size)] if size else None
+        self._fit_image_size()
         if self._switch("channels_last"):
             self.net.to(memory_format=torch.channels_last)
 
@@ -313,11 +327,13 @@ class SSALModule(L.LightningModule):
         if CHECKPOINT_KEY not in checkpoint:
             return
         card = ModelCard.from_dict(checkpoint[CHECKPOINT_KEY], "the checkpoint")
+        self.input_size = list(card.input_size)
         if [g.assignment.tolist() for g in card.groupings] != [
             g.assignment.tolist() for g in self.groupings
         ]:
             self.set_groupings(list(card.groupings) or None)
+        else:
+            self._fit_image_size()  # the size it trained at
         self.class_names = list(card.class_names) if card.class_names is not None else None
         self.preprocessing = card.preprocessing
         self.data_config = card.data_config()
-        self.input_size = list(card.input_size)

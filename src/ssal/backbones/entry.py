@@ -24,6 +24,8 @@ class Network:
     ssal_build: Mapping[str, object] = field(default_factory=dict)
     # builds the backbone with its published weights (``num_classes``, ``in_channels``)
     pretrained_build: Callable[..., nn.Module] | None = None
+    # the backbone is built for one image size: its builders take ``image_size``
+    sized: bool = False
 
 
 @dataclass(frozen=True)

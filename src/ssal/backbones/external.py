@@ -23,6 +23,7 @@ from torch import nn
 
 from ssal.backbones.entry import ModelEntry, Network
 from ssal.backbones.families.imagenet import IMAGENET_BRANCHES, IMAGENET_LAYOUTS, IMAGENET_PAPER
+from ssal.backbones.transformers import transformer_layouts
 from ssal.errors import UserError
 from ssal.layouts import Block, parse_layout
 
@@ -131,11 +132,19 @@ def external_entry(
     positions: Sequence[str],
     widths: Sequence[int],
     description: str,
+    suffixes: Sequence[str] | None = None,
 ) -> ModelEntry:
     """The entry of a timm or torchvision backbone: branches at ``positions`` (channels
     ``widths``) with the authors' ImageNet layouts scaled to those widths, the ImageNet
-    branches' weights and alpha, and the ImageNet setting (1000 classes, 200/334/500 groups)."""
-    branches = replace(IMAGENET_BRANCHES, positions=tuple(positions), layouts=_layouts(widths))
+    branches' weights and alpha, and the ImageNet setting (1000 classes, 200/334/500 groups).
+    ``suffixes`` give each position's format (``":tokens"``, ``":nhwc"`` or ``""``, added
+    where the position has none); a position read as tokens gets the token layout."""
+    suffixes = suffixes or [""] * len(positions)
+    branches = replace(
+        IMAGENET_BRANCHES,
+        positions=tuple(p if ":" in p else p + s for p, s in zip(positions, suffixes, strict=True)),
+        layouts=transformer_layouts(suffixes, _layouts(widths)),
+    )
     return ModelEntry(
         name=name, network=network, branches=branches, paper=IMAGENET_PAPER, description=description
     )

@@ -33,6 +33,7 @@ def create_model(
     layouts: Sequence[str] | None = None,
     bn_momentum: float | None = None,
     pretrained: bool | str | None = None,
+    image_size: int | None = None,
     **backbone_kwargs: object,
 ) -> SSALModel:
     """Build a registered model; ``groupings=None`` gives the plain baseline (no branches).
@@ -44,14 +45,20 @@ def create_model(
     backbone's builder, after the entry's ``ssal_build`` when there are groupings.
     ``pretrained``: ``True`` for the backbone's published weights (timm's, torchvision's), or
     the path of a state dict or safetensors file; the branches start fresh either way.
+    ``image_size``: the side of the square images the model sees (default: the entry's); a
+    backbone built for one size (ViT, Swin, MaxViT) is built for it.
     """
     entry = get_entry(name)
     c_in = in_channels or entry.network.input_size[0]
-    backbone = _backbone(entry, num_classes, c_in, bool(groupings), pretrained, backbone_kwargs)
+    size = {"image_size": int(image_size)} if image_size and entry.network.sized else {}
+    backbone = _backbone(
+        entry, num_classes, c_in, bool(groupings), pretrained, size, backbone_kwargs
+    )
     specs: list[BranchSpec] = []
     if groupings:
         specs = _branch_specs(entry, num_classes, groupings, positions, layouts)
-    model = SSALModel(backbone, specs, input_size=(c_in, *entry.network.input_size[1:]))
+    sides = (image_size, image_size) if image_size else entry.network.input_size[1:]
+    model = SSALModel(backbone, specs, input_size=(c_in, *sides))
     if bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -66,10 +73,11 @@ def _backbone(
     in_channels: int,
     branched: bool,
     pretrained: bool | str | None,
+    size: dict[str, int],
     backbone_kwargs: dict[str, object],
 ) -> nn.Module:
     """The entry's backbone: with its published weights, or fresh (and then, given a path,
-    with the weights of that file)."""
+    with the weights of that file); ``size`` (``image_size``) goes to a sized builder."""
     network = entry.network
     if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
         if network.pretrained_build is None:
@@ -77,8 +85,8 @@ def _backbone(
                 f"{entry.name} has no published weights; give a file: "
                 "--model.network.pretrained PATH"
             )
-        return network.pretrained_build(num_classes=num_classes, in_channels=in_channels)
-    kwargs = {**(network.ssal_build if branched else {}), **backbone_kwargs}
+        return network.pretrained_build(num_classes=num_classes, in_channels=in_channels, **size)
+    kwargs = {**(network.ssal_build if branched else {}), **size, **backbone_kwargs}
     backbone = network.build(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if pretrained and str(pretrained).lower() != "false":
         load_backbone_weights(backbone, pretrained)

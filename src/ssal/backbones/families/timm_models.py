@@ -19,6 +19,7 @@ from ssal.backbones.external import (
     quarter_stages,
 )
 from ssal.backbones.registry import register_family
+from ssal.backbones.transformers import format_suffixes, size_kwargs
 from ssal.errors import UserError
 
 __all__ = ["timm_entry"]
@@ -35,25 +36,34 @@ def timm_entry(model_name: str) -> ModelEntry:
         hint = f"; did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
         raise UserError(f"timm has no model {model_name!r}{hint}")
 
-    def build(num_classes: int, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
+    sized: list[type] = []  # the model's class where it is built for one image size
+
+    def build(
+        num_classes: int, in_channels: int = 3, pretrained: bool = False, image_size: int = 0
+    ) -> nn.Module:
+        size = size_kwargs(sized[0], "timm", image_size or None) if sized else {}
         return timm.create_model(
-            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels
-        )
+            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
+            **size,
+        )  # fmt: skip
 
     with torch.device("meta"):
         probe = build(1000)
+    sized += [type(probe)] if size_kwargs(type(probe), "timm", 1) else []
     stages = [f for f in probe.feature_info if f["reduction"] >= 4]
     picked = quarter_stages([f["module"] for f in stages])
     widths = [next(f["num_chs"] for f in stages if f["module"] == p) for p in picked]
     size = tuple(probe.pretrained_cfg.get("input_size", DEFAULT_INPUT))
+    suffixes = format_suffixes(probe, picked, size)
     name = f"timm/{model_name}"
     published = functools.partial(build_published, name, lambda **kw: build(**kw, pretrained=True))
     return external_entry(
         name,
-        Network(build, size, pretrained_build=published),  # type: ignore[arg-type]
+        Network(build, size, pretrained_build=published, sized=bool(sized)),  # type: ignore[arg-type]
         picked,
         widths,
         f"timm's {model_name}; branches after {', '.join(picked)}",
+        suffixes,
     )
 
 

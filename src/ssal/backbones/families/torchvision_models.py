@@ -19,6 +19,7 @@ from ssal.backbones.external import (
     stage_positions,
 )
 from ssal.backbones.registry import register_family
+from ssal.backbones.transformers import size_kwargs, torchvision_positions
 from ssal.errors import UserError
 
 __all__ = ["torchvision_entry"]
@@ -36,12 +37,19 @@ def torchvision_entry(model_name: str) -> ModelEntry:
         hint = f"; did you mean {', '.join('torchvision/' + c for c in close)}?" if close else ""
         raise UserError(f"torchvision has no classification model {model_name!r}{hint}")
 
-    def build(num_classes: int, in_channels: int = 3, weights: str | None = None) -> nn.Module:
+    sized: list[type] = []  # the model's class where it is built for one image size
+
+    def build(
+        num_classes: int, in_channels: int = 3, weights: str | None = None, image_size: int = 0
+    ) -> nn.Module:
         if in_channels != 3:
             raise UserError(f"torchvision/{model_name} takes 3-channel images, not {in_channels}")
+        size = size_kwargs(sized[0], "torchvision", image_size or None) if sized else {}
         if weights is None:
-            return torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
-        model = torchvision.models.get_model(model_name, weights=weights)
+            return torchvision.models.get_model(
+                model_name, weights=None, num_classes=num_classes, **size
+            )
+        model = torchvision.models.get_model(model_name, weights=weights, **size)
         _replace_head(model, num_classes)
         return model
 
@@ -50,19 +58,26 @@ def torchvision_entry(model_name: str) -> ModelEntry:
             probe = build(1000)
     except (NotImplementedError, RuntimeError):  # builders that compute with tensors (regnet)
         probe = build(1000)
-    names, channels = stage_positions(probe, DEFAULT_INPUT)
-    picked = quarter_stages(names)
-    widths = [channels[names.index(p)] for p in picked]
+    sized += [type(probe)] if size_kwargs(type(probe), "torchvision", 1) else []
+    special = torchvision_positions(probe)
+    if special:
+        picked, widths = special
+    else:
+        names, channels = stage_positions(probe, DEFAULT_INPUT)
+        picked = quarter_stages(names)
+        widths = [channels[names.index(p)] for p in picked]
+    suffixes = [":" + p.split(":", 1)[1] if ":" in p else "" for p in picked]
     name = f"torchvision/{model_name}"
     published = functools.partial(
         build_published, name, lambda **kw: build(**kw, weights="DEFAULT")
     )
     return external_entry(
         name,
-        Network(build, DEFAULT_INPUT, pretrained_build=published),
+        Network(build, DEFAULT_INPUT, pretrained_build=published, sized=bool(sized)),
         picked,
         widths,
         f"torchvision's {model_name}; branches after {', '.join(picked)}",
+        suffixes,
     )
 
 
