@@ -180,7 +180,8 @@ def evaluate_split_pair(
         chosen, source = choose_alpha(held), "held-out split"
         if held["num_samples"] < MIN_HELDOUT_FOR_ALPHA:
             warnings.append(
-                f"{prefix}alpha {chosen:g} was chosen on only {held['num_samples']} held-out "
+                f"alpha {chosen:g}{f' of run {name}' if name else ''} was chosen on only "
+                f"{held['num_samples']} held-out "
                 f"images; with fewer than {MIN_HELDOUT_FOR_ALPHA} the choice is noisy (hold out "
                 "more, or give --alpha)"
             )
