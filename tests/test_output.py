@@ -323,3 +323,29 @@ def test_fit_on_a_terminal_says_where_its_checkpoints_are_after_the_bar_stops(pr
         "ssal: best checkpoint: runs/ssal/version_0/checkpoints/best-epoch=0.ckpt "
         f"(val/acc_fine {after[1].rsplit(' ', 1)[-1]}",
     ]
+
+
+@pytest.mark.parametrize("where", ["command line", "config"])
+def test_a_groupings_file_given_the_flat_way_names_the_new_key(tmp_path, where, capsys):
+    """``model.groupings: FILE`` (the layout before 0.3): jsonargparse would read the file as
+    the group's values and complain of its keys; the line names the key to use instead."""
+    import numpy as np
+
+    from ssal.cli import main
+    from ssal.grouping import Grouping, save_groupings
+
+    groupings = save_groupings(tmp_path / "g.json", [Grouping(np.arange(100) % 20)])
+    model = {} if where == "command line" else {"groupings": str(groupings)}
+    config = write_tiny_config(tmp_path / "c.yaml", tmp_path / "data")
+    if model:
+        import yaml
+
+        doc = yaml.safe_load(config.read_text())
+        doc["model"].update(model)
+        config.write_text(yaml.safe_dump(doc))
+    extra = ["--model.groupings", str(groupings)] if where == "command line" else []
+    assert main(["fit", "--config", str(config), *extra]) == 2
+    said = "on the command line" if where == "command line" else f"in {config}"
+    assert capsys.readouterr().err == (
+        f"ssal: error: model.groupings is now model.groupings.source ({said})\n"
+    )
