@@ -139,7 +139,7 @@ def test_interrupt_before_the_first_checkpoint_never_points_at_another_run(tmp_p
     write_cifar100(tmp_path / "data", n_train=300, n_test=100)
     a = write_tiny_config(tmp_path / "a.yaml", tmp_path / "data", trainer={"max_epochs": 1})
     b = write_tiny_config(  # 120 steps an epoch: time to stop it before its checkpoint
-        tmp_path / "b.yaml", tmp_path / "data", data={"batch_size": 2}, model={"lr": 0.1}
+        tmp_path / "b.yaml", tmp_path / "data", data={"batch_size": 2}, model={"optim": {"lr": 0.1}}
     )
     first = ssal_fit(tmp_path, "--config", str(a))
     assert first.wait(timeout=300) == 0, first.stderr.read()
@@ -188,7 +188,7 @@ def test_config_differences_ignore_only_what_a_resume_may_change():
             "enable_progress_bar": False,
             "logger": {"class_path": "x", "init_args": {"version": None, "save_dir": "runs"}},
         },
-        "model": {"lr": 0.05, "groupings": "auto"},
+        "model": {"optim": {"lr": 0.05}, "groupings": {"source": "auto"}},
     }
     resumed = {  # the same run, trained on for longer from its last checkpoint
         **saved,
@@ -203,8 +203,14 @@ def test_config_differences_ignore_only_what_a_resume_may_change():
         },
     }
     assert config_differences(saved, resumed) == []
-    other = {**saved, "model": {"lr": 0.05, "groupings": None, "probe_epochs": 3}}
-    assert config_differences(saved, other) == ["model.groupings", "model.probe_epochs"]
+    other = {
+        **saved,
+        "model": {"optim": {"lr": 0.05}, "groupings": {"source": None, "probe_epochs": 3}},
+    }
+    assert config_differences(saved, other) == [
+        "model.groupings.probe_epochs",
+        "model.groupings.source",
+    ]
     seeded = {**saved, "seed_everything": 2}
     assert config_differences(saved, seeded) == ["seed_everything"]
     assert config_differences(saved, seeded, compare_seed=False) == []

@@ -303,7 +303,11 @@ def test_auto_groupings_from_python(tmp_path, monkeypatch):
     built = []
     create = ssal.train.create_model
     monkeypatch.setattr(
-        ssal.train, "create_model", lambda *a, **k: built.append(a) or create(*a, **k)
+        ssal.train,
+        "create_model",  # real builds only (the meta-device check before training is free)
+        lambda *a, **k: (
+            (torch.get_default_device().type != "meta" and built.append(a)) or create(*a, **k)
+        ),
     )
     auto = GroupingArgs("auto", auto_groups=[2, 3], probe_epochs=1)
     module = SSALModule(NetworkArgs("tiny-wrn"), 100, groupings=auto)

@@ -232,7 +232,7 @@ class SSALModule(L.LightningModule):
                 "groupings: auto are derived before training: call "
                 "ssal.trainer.derive_groupings(module, datamodule) before fit (ssal fit does)"
             )
-        if stage == "fit":  # the probe's fit too: before it trains
+        if stage == "fit" and not self.probing:  # derive_groupings checks before the probe
             self.check_runs_on(int(dm.in_channels), getattr(dm, "image_size", None))
         self.class_names = list(dm.class_names)
         check_class_names(self.groupings, self.class_names)
