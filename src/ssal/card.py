@@ -21,6 +21,7 @@ from typing import Any
 
 from ssal.data.transforms import eval_resize, resize_for_model
 from ssal.errors import UserError
+from ssal.files import squeeze
 from ssal.grouping import Grouping
 from ssal.model import SSALModel
 
@@ -330,7 +331,7 @@ def _groupings(value: Any, num_classes: int) -> tuple[Grouping, ...]:
         try:
             out.append(Grouping.from_dict(g))
         except (TypeError, ValueError, OverflowError) as e:
-            raise UserError(" ".join(str(e).split())) from None
+            raise UserError(squeeze(e)) from None
     return tuple(out)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from ssal.args import flat_keys, renamed_key
 from ssal.config_files import config_files
 from ssal.errors import UserError
+from ssal.files import squeeze
 
 __all__ = ["ConfigError", "explain_config_error", "known_keys", "plain_validation_error"]
 
@@ -70,24 +71,35 @@ def known_keys(class_path: str | None = None) -> list[str]:
     return sorted(set(keys))
 
 
-def _data_class_path(argv: Sequence[str]) -> str | None:
-    """The datamodule a command uses: ``--data X`` / ``--data.class_path X`` on the command
-    line, else the last config file that names one."""
+_UNSET = object()
+
+
+def _config_values(key: str, argv: Sequence[str]) -> list[Any]:
+    """The value each config file of ``argv`` gives the dotted ``key``, in file order (files
+    that do not set it, or cannot be read, give none)."""
     import yaml
 
-    for i, arg in enumerate(argv[:-1]):
-        if arg in ("--data", "--data.class_path") and not argv[i + 1].startswith("-"):
-            return argv[i + 1]
-    found = None
+    values = []
     for path in config_files(argv):
         try:
             doc = yaml.safe_load(path.read_text()) if path.is_file() else None
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if isinstance(data, dict) and isinstance(data.get("class_path"), str):
-            found = data["class_path"]
-    return found
+        for part in key.split("."):
+            doc = doc.get(part, _UNSET) if isinstance(doc, dict) else _UNSET
+        if doc is not _UNSET:
+            values.append(doc)
+    return values
+
+
+def _data_class_path(argv: Sequence[str]) -> str | None:
+    """The datamodule a command uses: ``--data X`` / ``--data.class_path X`` on the command
+    line, else the last config file that names one."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--data", "--data.class_path") and not argv[i + 1].startswith("-"):
+            return argv[i + 1]
+    named = [v for v in _config_values("data.class_path", argv) if isinstance(v, str)]
+    return named[-1] if named else None
 
 
 def _source(key: str, argv: Sequence[str]) -> str:
@@ -104,23 +116,12 @@ def _value_for_group(key: str, argv: Sequence[str]) -> bool:
     """Whether ``key`` (a group such as ``model.groupings``) was given a plain value, as the
     flat layout spelled it: ``--key VALUE`` on the command line, or text or a list in a config
     (jsonargparse reads text given for a group as a file of the group's values)."""
-    import yaml
-
     for i, arg in enumerate(argv):
         if arg.startswith(f"--{key}="):
             return not arg.split("=", 1)[1].lstrip().startswith("{")
         if arg == f"--{key}" and i + 1 < len(argv):
             return not argv[i + 1].lstrip().startswith("{")
-    for path in config_files(argv):
-        try:
-            doc = yaml.safe_load(path.read_text()) if path.is_file() else None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        for part in key.split("."):
-            doc = doc.get(part) if isinstance(doc, dict) else None
-        if isinstance(doc, (str, list)):
-            return True
-    return False
+    return any(isinstance(v, (str, list)) for v in _config_values(key, argv))
 
 
 def _did_you_mean(key: str, argv: Sequence[str] = ()) -> str:
@@ -180,7 +181,7 @@ def explain_config_error(message: str, argv: Sequence[str]) -> ConfigError:
     if bad:
         key, detail = bad.group(1), bad.group(2)
         if key == "config":
-            text = " ".join(detail.split())
+            text = squeeze(detail)
             return ConfigError(text.replace("File does not exist", "config file not found"))
         if renamed_key(key) and "Unable to load config" in detail:  # a value, not a group
             return ConfigError(f"{key} is now {renamed_key(key)} ({_source(key, argv)})", True)
@@ -224,10 +225,10 @@ def plain_validation_error(detail: str) -> str:
     errors = re.findall(r"^\s*- (.+)$", detail, re.M)
     reasons = [e.strip() for e in errors if not e.strip().startswith("Expected a ")]
     if reasons:
-        return " ".join(reasons[0].split())[:300]
+        return squeeze(reasons[0])[:300]
     expected = _EXPECTED.findall(detail)
     given = re.search(r"(?:Given|Got) value: (.*)", detail)
     if expected:
         got = f", got {given.group(1).strip()[:80]!r}" if given else ""
         return f"expected {_expected(expected)}{got}"
-    return " ".join(detail.split())[:300]
+    return squeeze(detail)[:300]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ssal.errors import UserError
+from ssal.files import squeeze
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_CONFIG_VALUES", "check_config", "config_files"]
 
@@ -61,5 +62,5 @@ def check_config(path: Path) -> None:
             raise UserError(f"aliases expand it to more than {MAX_CONFIG_VALUES} values")
         yaml.safe_load(text)
     except (ValueError, RecursionError, yaml.YAMLError) as e:
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        reason = squeeze(e)[:300] or type(e).__name__
         raise UserError(f"{path}: not a usable config ({reason})") from None

@@ -25,6 +25,7 @@ from ssal.checkpoint import read_card, read_checkpoint
 from ssal.config_errors import ConfigError, explain_config_error, plain_validation_error
 from ssal.config_files import check_config, config_files
 from ssal.errors import UserError
+from ssal.files import squeeze
 from ssal.grouping import load_groupings
 from ssal.resume import Interrupted, after_interrupt, resolve_resume
 from ssal.train import SSALModule
@@ -251,7 +252,7 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
     except ArgumentError as e:
         raise explain_config_error(str(e), argv) from None
     except MisconfigurationException as e:  # Lightning's word for a setting it cannot use
-        raise ConfigError(" ".join(str(e).split())[:300]) from None
+        raise ConfigError(squeeze(e)[:300]) from None
     finally:
         if not inherited:  # a later run in this process derives its own groupings
             os.environ.pop(AUTO_GROUPINGS_ENV, None)

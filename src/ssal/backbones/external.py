@@ -25,6 +25,7 @@ from ssal.backbones.entry import ModelEntry, Network
 from ssal.backbones.families.imagenet import IMAGENET_BRANCHES, IMAGENET_LAYOUTS, IMAGENET_PAPER
 from ssal.backbones.transformers import transformer_layouts
 from ssal.errors import UserError
+from ssal.files import squeeze
 from ssal.layouts import Block, parse_layout
 
 __all__ = [
@@ -171,7 +172,7 @@ def build_published(name: str, build: Callable[..., nn.Module], **kwargs: object
     except (OSError, RuntimeError, ValueError) as e:
         if isinstance(e, ValueError) and "timm" in str(e) and "pip install" in str(e):
             raise
-        reason = " ".join(str(e).split())[:160]
+        reason = squeeze(e)[:160]
         raise UserError(
             f"published weights of {name} could not be loaded ({reason}); without network the "
             f"file must be in {_weights_source(name)[0]} (download it where there is network), "
